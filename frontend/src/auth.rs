@@ -1,0 +1,114 @@
+//! The authentication and authorization seams of a connection.
+//!
+//! [`Authenticator`] turns every credential a client presented into a typed outcome (allow with
+//! a principal and a credential expiry, deny with a reason code, or continue an enhanced
+//! authentication exchange), never a bool. [`Authorizer`] is the local PUBLISH/SUBSCRIBE check
+//! evaluated on the frontend; it is called per packet and must not do IO.
+//!
+//! This module holds the traits, the request/outcome types and the allow-all implementations
+//! used when a port has no `authenticationRef` / `authorizationRef`. The gRPC client for the
+//! authentication service and compiled policies plug in here later.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use mqtt::{Protocol, ReasonCode};
+
+/// A secret byte string: usable, but never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub Bytes);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// Credentials from CONNECT.
+    Connect,
+    /// AUTH 0x18 from the client during an enhanced authentication exchange before CONNACK.
+    Continue,
+    /// AUTH 0x19 after CONNACK.
+    Reauthenticate,
+}
+
+/// Everything a client presented, as the authentication service needs it.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    pub kind: AuthKind,
+    pub protocol: Protocol,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub method: Option<String>,
+    pub data: Option<Secret>,
+    pub listener_port: u16,
+    pub peer: SocketAddr,
+}
+
+/// Who the client is, for authorization and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Principal {
+    pub username: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum AuthOutcome {
+    Allow {
+        principal: Principal,
+        /// When the credential stops being valid; the connection is closed then.
+        expiry: Option<SystemTime>,
+        /// v5 authentication data to return (CONNACK or AUTH).
+        data: Option<Bytes>,
+    },
+    Deny {
+        code: ReasonCode,
+        reason: Option<String>,
+    },
+    /// Send AUTH 0x18 with this data and wait for the client's next AUTH.
+    Continue { data: Option<Bytes> },
+}
+
+pub type AuthFuture = Pin<Box<dyn Future<Output = AuthOutcome> + Send>>;
+
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+}
+
+/// Ports without `authenticationRef`: everyone is let in ([broker-spec §1.1]; scenario 19).
+pub struct AllowAll;
+
+impl Authenticator for AllowAll {
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture {
+        Box::pin(std::future::ready(AuthOutcome::Allow {
+            principal: Principal {
+                username: request.username,
+                attributes: BTreeMap::new(),
+            },
+            expiry: None,
+            data: None,
+        }))
+    }
+}
+
+/// The per-packet authorization hook. Implementations evaluate compiled permissions locally.
+pub trait Authorizer: Send + Sync + 'static {
+    fn may_publish(&self, principal: &Principal, client_id: &str, topic: &str) -> bool;
+    fn may_subscribe(&self, principal: &Principal, client_id: &str, filter: &str) -> bool;
+}
+
+impl Authorizer for AllowAll {
+    fn may_publish(&self, _: &Principal, _: &str, _: &str) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _: &Principal, _: &str, _: &str) -> bool {
+        true
+    }
+}

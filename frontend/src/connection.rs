@@ -1,0 +1,631 @@
+//! One actix actor per client connection: IO and timers around an `mqtt::Session`.
+//!
+//! The actor reads bytes into the session, acts on the session's events (authentication,
+//! routing, subscriptions), moves deliveries from the session's [`Outbox`] into the session as
+//! the in-flight window allows, and hands the session's output to a writer task. Every protocol
+//! decision is the session's; every routing decision is the router's. What the actor owns is
+//! ordering (nothing but AUTH is processed before CONNACK), timers (keep alive, connect
+//! timeout, will delay, session expiry) and write backpressure.
+//!
+//! Write backpressure: output goes into a shared buffer drained by a local writer task. While
+//! more than [`HIGH_WATERMARK`] bytes wait, the actor stops taking deliveries from the outbox,
+//! so a slow reader's messages queue (boundedly) in its outbox instead of in memory without
+//! limit, and the router drops for that subscriber alone when the outbox is full.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use mqtt::session::{CloseReason, ConnectAccepted, Event, Session, SessionConfig};
+use mqtt::{Connect, QoS, ReasonCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info};
+
+use crate::auth::{AuthKind, AuthOutcome, AuthRequest, Authenticator, Authorizer, Principal, Secret};
+use crate::metrics::Metrics;
+use crate::router::{ConnControl, ConnectOutcome, ConnectRequest, Detach, Outbox, Router};
+
+/// Stop taking deliveries while this many bytes wait to be written.
+pub const HIGH_WATERMARK: usize = 64 * 1024;
+/// Resume below this.
+pub const LOW_WATERMARK: usize = 16 * 1024;
+
+/// How long a connection may take to send CONNECT.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a takeover waits for the old connection to hand its session over.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// What every connection on a listener shares.
+pub struct Shared {
+    pub router: Arc<dyn Router>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub metrics: Arc<Metrics>,
+    pub session_config: SessionConfig,
+    pub listener_port: u16,
+}
+
+#[derive(Default)]
+struct WriteState {
+    buf: BytesMut,
+    /// Bytes handed to the socket and not yet confirmed written.
+    writing: usize,
+    closing: bool,
+    closed: bool,
+    waker: Option<Waker>,
+    /// The actor paused deliveries and wants a wake-up below the low watermark.
+    wants_wake: bool,
+}
+
+impl WriteState {
+    fn pending(&self) -> usize {
+        self.buf.len() + self.writing
+    }
+}
+
+struct Attachment {
+    client_id: String,
+    session_id: u64,
+    generation: u64,
+    outbox: Arc<Outbox>,
+}
+
+pub struct Connection {
+    session: Session,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    write: Rc<RefCell<WriteState>>,
+    /// Taken by `started`, which spawns the writer task.
+    writer_io: Option<Box<dyn AsyncWrite + Unpin>>,
+    reader_io: Option<Box<dyn AsyncRead + Unpin>>,
+    connect: Option<Box<Connect>>,
+    principal: Principal,
+    attachment: Option<Attachment>,
+    keep_alive_timer: Option<SpawnHandle>,
+    finished: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Kick {
+    code: ReasonCode,
+    reason: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterDone;
+
+struct Control {
+    wake: Recipient<Wake>,
+    kick: Recipient<Kick>,
+}
+
+impl ConnControl for Control {
+    fn wake(&self) {
+        self.wake.do_send(Wake);
+    }
+    fn kick(&self, code: ReasonCode, reason: String) {
+        self.kick.do_send(Kick { code, reason });
+    }
+}
+
+impl Connection {
+    pub fn start<R, W>(reader: R, writer: W, peer: SocketAddr, shared: Arc<Shared>) -> Addr<Self>
+    where
+        R: AsyncRead + Unpin + 'static,
+        W: AsyncWrite + Unpin + 'static,
+    {
+        shared
+            .metrics
+            .connections_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = Session::new(shared.session_config.clone(), Instant::now());
+        Connection {
+            session,
+            shared,
+            peer,
+            write: Rc::new(RefCell::new(WriteState::default())),
+            writer_io: Some(Box::new(writer)),
+            reader_io: Some(Box::new(reader)),
+            connect: None,
+            principal: Principal::default(),
+            attachment: None,
+            keep_alive_timer: None,
+            finished: false,
+        }
+        .start()
+    }
+
+    fn client_id(&self) -> &str {
+        self.attachment
+            .as_ref()
+            .map(|a| a.client_id.as_str())
+            .or(self.connect.as_ref().map(|c| c.client_id.as_str()))
+            .unwrap_or("")
+    }
+
+    /// Run the session until it is blocked, then move its output to the writer.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.session.process(now);
+        while let Some(event) = self.session.poll_event() {
+            self.handle_event(event, ctx, now);
+            if ctx.waiting() {
+                // An asynchronous step (authentication, takeover) holds the actor; the
+                // remaining events are handled when it resumes.
+                break;
+            }
+        }
+        self.drain_outbox(now);
+        self.flush();
+        self.arm_keep_alive(ctx);
+    }
+
+    fn drain_outbox(&mut self, now: Instant) {
+        let Some(outbox) = self.attachment.as_ref().map(|a| a.outbox.clone()) else {
+            return;
+        };
+        if !self.session.is_connected() {
+            return;
+        }
+        outbox.clear_scheduled();
+        let mut sent = 0u64;
+        loop {
+            if self.write.borrow().pending() + self.session_pending() > HIGH_WATERMARK {
+                self.write.borrow_mut().wants_wake = true;
+                break;
+            }
+            let Some(d) = outbox.pop() else { break };
+            match self.session.deliver(d, now) {
+                Ok(()) => sent += 1,
+                Err(d) => {
+                    outbox.unpop(d);
+                    break;
+                }
+            }
+            // Hand output to the writer in batches rather than per message.
+            if self.session_pending() > LOW_WATERMARK {
+                self.flush();
+            }
+        }
+        if sent > 0 {
+            self.shared
+                .metrics
+                .publishes_sent
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn session_pending(&self) -> usize {
+        self.session.transmit_len()
+    }
+
+    fn flush(&mut self) {
+        if let Some(bytes) = self.session.take_transmit() {
+            let mut w = self.write.borrow_mut();
+            if w.closed {
+                return;
+            }
+            if w.buf.is_empty() {
+                w.buf = bytes;
+            } else {
+                w.buf.extend_from_slice(&bytes);
+            }
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn arm_keep_alive(&mut self, ctx: &mut Context<Self>) {
+        if self.keep_alive_timer.is_some() {
+            return;
+        }
+        if let Some(deadline) = self.session.next_timeout() {
+            let delay = deadline.saturating_duration_since(Instant::now());
+            self.keep_alive_timer = Some(ctx.run_later(delay, |act, ctx| {
+                act.keep_alive_timer = None;
+                act.session.handle_timeout(Instant::now());
+                act.pump(ctx);
+            }));
+        }
+    }
+
+    fn handle_event(&mut self, event: Event, ctx: &mut Context<Self>, now: Instant) {
+        match event {
+            Event::Connect(connect) => self.on_connect(connect, ctx),
+            Event::Auth(auth) => self.on_auth(auth, ctx),
+            Event::Publish {
+                message,
+                packet_id,
+            } => {
+                let qos = message.qos;
+                let (code, reason) = if !self.shared.authorizer.may_publish(
+                    &self.principal,
+                    self.client_id(),
+                    &message.topic,
+                ) {
+                    debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
+                    (ReasonCode::NOT_AUTHORIZED, Some("publish not authorized".to_string()))
+                } else {
+                    let outcome = self.shared.router.publish(message, now);
+                    let reason = (!outcome.code.is_success())
+                        .then(|| format!("message not accepted: {}", outcome.code.name()));
+                    (outcome.code, reason)
+                };
+                if qos != QoS::AtMostOnce {
+                    self.session.publish_done(qos, packet_id, code, reason);
+                }
+            }
+            Event::Subscribe(sub) => {
+                let Some(att) = &self.attachment else { return };
+                let allowed: Vec<bool> = sub
+                    .filters
+                    .iter()
+                    .map(|(f, _)| {
+                        self.shared
+                            .authorizer
+                            .may_subscribe(&self.principal, &att.client_id, f)
+                    })
+                    .collect();
+                let codes = self.shared.router.subscribe(
+                    att.session_id,
+                    &sub.filters,
+                    &allowed,
+                    sub.properties.subscription_identifiers.first().copied(),
+                    now,
+                );
+                self.session.send_suback(sub.packet_id, codes);
+            }
+            Event::Unsubscribe(unsub) => {
+                let Some(att) = &self.attachment else { return };
+                let codes = self.shared.router.unsubscribe(att.session_id, &unsub.filters);
+                self.session.send_unsuback(unsub.packet_id, codes);
+            }
+            Event::WindowOpened => {}
+            Event::Closed(reason) => self.on_closed(reason, ctx, now),
+        }
+    }
+
+    fn auth_request(&self, kind: AuthKind, method: Option<String>, data: Option<Bytes>) -> AuthRequest {
+        let c = self.connect.as_deref();
+        AuthRequest {
+            kind,
+            protocol: self.session.protocol(),
+            client_id: c.map(|c| c.client_id.clone()).unwrap_or_default(),
+            username: c.and_then(|c| c.username.clone()),
+            password: c.and_then(|c| c.password.clone()).map(Secret),
+            method,
+            data: data.map(Secret),
+            listener_port: self.shared.listener_port,
+            peer: self.peer,
+        }
+    }
+
+    fn on_connect(&mut self, connect: Box<Connect>, ctx: &mut Context<Self>) {
+        let method = connect.properties.authentication_method.clone();
+        let data = connect.properties.authentication_data.clone();
+        self.connect = Some(connect);
+        let request = self.auth_request(AuthKind::Connect, method, data);
+        let fut = self.shared.authenticator.authenticate(request);
+        ctx.wait(fut.into_actor(self).map(|outcome, act, ctx| {
+            act.on_connect_outcome(outcome, ctx);
+        }));
+    }
+
+    fn on_connect_outcome(&mut self, outcome: AuthOutcome, ctx: &mut Context<Self>) {
+        match outcome {
+            AuthOutcome::Deny { code, reason } => {
+                info!(peer = %self.peer, client_id = self.client_id(), code = %code, "connection refused by authentication");
+                self.session.reject_connect(code, reason);
+                self.pump(ctx);
+            }
+            AuthOutcome::Continue { data } => {
+                self.session.send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
+                self.pump(ctx);
+            }
+            AuthOutcome::Allow {
+                principal, data, ..
+            } => {
+                self.principal = principal;
+                self.attach(data, false, ctx);
+            }
+        }
+    }
+
+    fn attach(&mut self, auth_data: Option<Bytes>, force: bool, ctx: &mut Context<Self>) {
+        let connect = self.connect.as_ref().expect("attach follows CONNECT");
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            let id = format!("gatehouse-{:016x}", rand::random::<u64>());
+            assigned = Some(id.clone());
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let addr = ctx.address();
+        let control: Arc<dyn ConnControl> = Arc::new(Control {
+            wake: addr.clone().recipient(),
+            kick: addr.recipient(),
+        });
+        let request = ConnectRequest {
+            client_id: client_id.clone(),
+            clean_start: connect.clean_start,
+            session_expiry: self.session.session_expiry(),
+            will: connect.will.clone(),
+            control,
+        };
+        let now = Instant::now();
+        match self.shared.router.connect(request, force, now) {
+            ConnectOutcome::TakeoverPending(rx) => {
+                let wait = tokio::time::timeout(TAKEOVER_WAIT, rx);
+                ctx.wait(wait.into_actor(self).map(move |_, act, ctx| {
+                    act.attach(auth_data, true, ctx);
+                }));
+            }
+            ConnectOutcome::Attached(att) => {
+                self.session.set_origin(att.session_id);
+                self.session.accept_connect(
+                    ConnectAccepted {
+                        session_present: att.session_present,
+                        assigned_client_id: assigned,
+                        restored: att.restored,
+                        authentication_data: auth_data,
+                        user_properties: Vec::new(),
+                    },
+                    now,
+                );
+                self.attachment = Some(Attachment {
+                    client_id,
+                    session_id: att.session_id,
+                    generation: att.generation,
+                    outbox: att.outbox,
+                });
+                self.shared
+                    .metrics
+                    .connected_sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(peer = %self.peer, client_id = self.client_id(), session_present = att.session_present, "client connected");
+                self.pump(ctx);
+            }
+        }
+    }
+
+    fn on_auth(&mut self, auth: mqtt::Auth, ctx: &mut Context<Self>) {
+        let kind = if self.session.is_connected() {
+            AuthKind::Reauthenticate
+        } else {
+            AuthKind::Continue
+        };
+        let request = self.auth_request(
+            kind,
+            auth.properties.authentication_method.clone(),
+            auth.properties.authentication_data.clone(),
+        );
+        let fut = self.shared.authenticator.authenticate(request);
+        ctx.wait(fut.into_actor(self).map(move |outcome, act, ctx| {
+            match (kind, outcome) {
+                (AuthKind::Reauthenticate, AuthOutcome::Allow { principal, data, .. }) => {
+                    act.principal = principal;
+                    act.session.send_auth(ReasonCode::SUCCESS, data, None);
+                }
+                (_, AuthOutcome::Continue { data }) => {
+                    act.session
+                        .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
+                }
+                (AuthKind::Reauthenticate, AuthOutcome::Deny { code, reason }) => {
+                    act.session.disconnect(code, reason, true);
+                }
+                (_, outcome) => return act.on_connect_outcome(outcome, ctx),
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    fn on_closed(&mut self, reason: CloseReason, ctx: &mut Context<Self>, now: Instant) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        match &reason {
+            CloseReason::Violation(e) => {
+                self.shared
+                    .metrics
+                    .protocol_violations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(peer = %self.peer, client_id = self.client_id(), cause = %e, "disconnecting client: protocol violation");
+            }
+            CloseReason::KeepAliveTimeout => {
+                info!(peer = %self.peer, client_id = self.client_id(), cause = "keep alive timeout", "disconnecting client");
+            }
+            CloseReason::Server(code) if *code != ReasonCode::SUCCESS => {
+                self.shared
+                    .metrics
+                    .server_disconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(peer = %self.peer, client_id = self.client_id(), cause = %code, "disconnecting client");
+            }
+            _ => debug!(peer = %self.peer, client_id = self.client_id(), ?reason, "client disconnected"),
+        }
+        if let Some(att) = self.attachment.take() {
+            self.shared
+                .metrics
+                .connected_sessions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let timers = self.shared.router.detach(
+                Detach {
+                    client_id: att.client_id.clone(),
+                    generation: att.generation,
+                    state: self.session.take_state(),
+                    session_expiry: self.session.session_expiry(),
+                    publish_will: reason.publishes_will(),
+                },
+                now,
+            );
+            // Timers outlive this actor, so they run as free tasks on the arbiter.
+            if let Some(delay) = timers.will_after {
+                let router = self.shared.router.clone();
+                let (id, generation) = (att.client_id.clone(), att.generation);
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    router.fire_will(&id, generation, Instant::now());
+                });
+            }
+            if let Some(delay) = timers.expire_after {
+                let router = self.shared.router.clone();
+                let (id, generation) = (att.client_id, att.generation);
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    router.expire_session(&id, generation, Instant::now());
+                });
+            }
+        }
+        // Let the writer flush what the session said last (CONNACK, DISCONNECT), then stop.
+        self.flush();
+        let mut w = self.write.borrow_mut();
+        w.closing = true;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+        drop(w);
+        // A peer that never reads must not keep us around: stop after a grace period.
+        ctx.run_later(Duration::from_secs(5), |_, ctx| ctx.stop());
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let reader = self.reader_io.take().expect("started once");
+        ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(reader, 4096));
+        let writer = self.writer_io.take().expect("started once");
+        let state = self.write.clone();
+        let addr = ctx.address();
+        actix_rt::spawn(write_loop(writer, state, addr));
+        ctx.run_later(CONNECT_TIMEOUT, |act, ctx| {
+            if !act.session.is_connected() && !act.finished {
+                info!(peer = %act.peer, cause = "no CONNECT in time", "closing connection");
+                act.session.disconnect(ReasonCode::MAXIMUM_CONNECT_TIME, None, false);
+                act.pump(ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        // Make sure the session is detached even when the actor stops for another reason.
+        if !self.finished {
+            self.session.handle_network_closed();
+            self.pump(ctx);
+        }
+    }
+}
+
+impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
+    fn handle(&mut self, item: Result<Bytes, std::io::Error>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(bytes) => {
+                if self.finished {
+                    return;
+                }
+                self.session.feed(&bytes);
+                self.pump(ctx);
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "read failed");
+                self.session.handle_network_closed();
+                self.pump(ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.session.handle_network_closed();
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Wake> for Connection {
+    type Result = ();
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        if !self.finished {
+            self.pump(ctx);
+        }
+    }
+}
+
+impl Handler<Kick> for Connection {
+    type Result = ();
+    fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
+        self.session.disconnect(kick.code, Some(kick.reason), true);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<WriterDone> for Connection {
+    type Result = ();
+    fn handle(&mut self, _: WriterDone, ctx: &mut Context<Self>) {
+        if !self.finished {
+            self.session.handle_network_closed();
+            self.pump(ctx);
+        }
+        ctx.stop();
+    }
+}
+
+/// Writes whatever the actor buffered, in as few syscalls as the buffer allows.
+async fn write_loop(
+    mut io: Box<dyn AsyncWrite + Unpin>,
+    state: Rc<RefCell<WriteState>>,
+    addr: Addr<Connection>,
+) {
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            let mut s = state.borrow_mut();
+            if !s.buf.is_empty() {
+                let chunk = s.buf.split().freeze();
+                s.writing = chunk.len();
+                Poll::Ready(Some(chunk))
+            } else if s.closing {
+                Poll::Ready(None)
+            } else {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        match next {
+            Some(chunk) => {
+                if let Err(e) = io.write_all(&chunk).await {
+                    debug!(error = %e, "write failed");
+                    break;
+                }
+                let mut s = state.borrow_mut();
+                s.writing = 0;
+                if s.wants_wake && s.pending() < LOW_WATERMARK {
+                    s.wants_wake = false;
+                    addr.do_send(Wake);
+                }
+            }
+            None => {
+                let _ = io.flush().await;
+                let _ = io.shutdown().await;
+                break;
+            }
+        }
+    }
+    state.borrow_mut().closed = true;
+    if let Err(e) = addr.try_send(WriterDone) {
+        debug!(error = %e, "connection actor gone before its writer");
+    }
+}

@@ -1,0 +1,12 @@
+//! # frontend — the Gatehouse broker
+//!
+//! Listeners accept connections and give each one an actix actor ([`connection`]) that does only
+//! IO and timers; the protocol lives in `mqtt::session`. Messages between sessions go through the
+//! [`router`], which owns subscriptions, retained messages, offline sessions and wills.
+
+pub mod config;
+pub mod auth;
+pub mod connection;
+pub mod metrics;
+pub mod router;
+pub mod server;
