@@ -72,17 +72,23 @@ fn main() -> ExitCode {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("gatehouse: invalid configuration: {e}");
+                eprintln!("gatehouse: configuration rejected: {e}");
                 return ExitCode::from(2);
             }
         },
         None => Config::embedded_default(),
     };
     if let Some(Command::CheckConfig) = cli.command {
+        for warning in &config.warnings {
+            eprintln!("gatehouse: warning: {warning}");
+        }
         println!("configuration is valid: {} listener port(s)", config.listeners.len());
         return ExitCode::SUCCESS;
     }
     init_logging(&cli, config.broker.log_level.as_deref());
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
     let options = RunOptions {
         data_dir: cli.data_dir.clone(),
         ready_file: cli.ready_file.clone(),

@@ -617,7 +617,11 @@ impl Router for LocalRouter {
                 // [MQTT-3.3.1-6]: an empty retained message clears the topic.
                 t.retained.remove(&message.topic);
             } else {
-                t.retained.insert(message.topic.clone(), message.clone());
+                // The payload is a slice of the publisher's read buffer; a retained copy may
+                // live for days, so it gets its own allocation instead of pinning that buffer.
+                let mut stored = (*message).clone();
+                stored.payload = bytes::Bytes::copy_from_slice(&message.payload);
+                t.retained.insert(message.topic.clone(), Arc::new(stored));
             }
         }
         let t = &mut *t;
@@ -832,3 +836,7 @@ fn will_message(will: Will, origin: u64, now: Instant) -> Message {
         origin,
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;
