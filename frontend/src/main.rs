@@ -19,7 +19,7 @@ struct Cli {
     /// BrokerAuthentication, BrokerAuthorization, Secret and ConfigMap documents
     /// (apiVersion gatehouse.io/v1 or mqttbroker.iotoperations.azure.com/v1). Without it the
     /// embedded default is used (see `gatehouse print-default-config`).
-    #[arg(long, short = 'c', env = "GATEHOUSE_CONFIG", value_name = "PATH")]
+    #[arg(long, short = 'c', env = "GATEHOUSE_CONFIG", value_name = "PATH", global = true)]
     config: Option<PathBuf>,
 
     /// Directory for the broker's state (created if missing).

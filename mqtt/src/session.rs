@@ -1002,3 +1002,7 @@ fn strip_optional_properties(packet: &mut Packet) {
     props.reason_string = None;
     props.user_properties.clear();
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
