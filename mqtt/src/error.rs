@@ -10,7 +10,9 @@ use crate::reason::ReasonCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     // ---- framing and decoding (Malformed Packet unless stated) ----
-    #[error("[MQTT-2.1.3-1] reserved fixed header flags {flags:#06b} for packet type {packet_type}")]
+    #[error(
+        "[MQTT-2.1.3-1] reserved fixed header flags {flags:#06b} for packet type {packet_type}"
+    )]
     InvalidHeaderFlags { packet_type: u8, flags: u8 },
     #[error("[MQTT-2.1.2] reserved packet type {0}")]
     ReservedPacketType(u8),
@@ -100,7 +102,7 @@ pub enum ProtocolError {
     RetainNotSupported,
     #[error("[MQTT-3.8.3-1] subscription identifier 0 or a second identifier in SUBSCRIBE")]
     InvalidSubscriptionIdentifier,
-    #[error("[MQTT-3.14.2-2] DISCONNECT sets Session Expiry Interval although CONNECT had 0")]
+    #[error("[MQTT-3.14.2.2.2] DISCONNECT sets Session Expiry Interval although CONNECT had 0")]
     SessionExpiryAfterZero,
     #[error("[MQTT-4.12.0-1] AUTH received but the connection uses no authentication method")]
     UnexpectedAuth,

@@ -129,7 +129,10 @@ impl std::fmt::Debug for Properties {
             shared_subscription_available
         );
         if let Some(data) = &self.authentication_data {
-            d.field("authentication_data", &format_args!("<{} bytes redacted>", data.len()));
+            d.field(
+                "authentication_data",
+                &format_args!("<{} bytes redacted>", data.len()),
+            );
         }
         if !self.subscription_identifiers.is_empty() {
             d.field("subscription_identifiers", &self.subscription_identifiers);

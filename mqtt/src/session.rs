@@ -235,6 +235,8 @@ pub struct Session {
 
     /// What CONNECT and DISCONNECT set.
     session_expiry: u32,
+    /// The CONNECT's Session Expiry Interval before the server's cap (§3.14.2.2.2).
+    requested_session_expiry: u32,
     auth_method: Option<String>,
 
     aliases_in: HashMap<u16, String>,
@@ -269,6 +271,7 @@ impl Session {
             client_topic_alias_maximum: 0,
             request_problem_information: true,
             session_expiry: 0,
+            requested_session_expiry: 0,
             auth_method: None,
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
@@ -313,7 +316,11 @@ impl Session {
     }
 
     fn window(&self) -> usize {
-        usize::from(self.client_receive_maximum.min(self.config.max_inflight).max(1))
+        usize::from(
+            self.client_receive_maximum
+                .min(self.config.max_inflight)
+                .max(1),
+        )
     }
 
     // ------------------------------------------------------------------ input
@@ -331,7 +338,7 @@ impl Session {
     /// Decode and handle every complete packet in the read buffer, unless the session waits
     /// for the host to answer a CONNECT.
     pub fn process(&mut self, now: Instant) {
-        while matches!(self.phase, Phase::AwaitConnect | Phase::Connected) {
+        while matches!(self.phase, Phase::AwaitConnect | Phase::Connected) || self.auth_pending() {
             let max = self.config.max_packet_size as usize;
             match codec::decode(&mut self.rx, self.protocol, max) {
                 Ok(Some(packet)) => {
@@ -345,6 +352,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// [MQTT-3.1.4-6], §4.12: while the host holds a CONNECT that named an Authentication
+    /// Method, the client's AUTH packets (and only those) are processed.
+    fn auth_pending(&self) -> bool {
+        self.phase == Phase::Authenticating
+            && self.auth_method.is_some()
+            && self.rx.first().is_some_and(|b| b >> 4 == codec::AUTH)
     }
 
     /// The network connection ended without a DISCONNECT.
@@ -396,9 +411,7 @@ impl Session {
             other @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp) => {
-                self.violation(ProtocolError::ServerOnlyPacket(other.name()))
-            }
+            | Packet::PingResp) => self.violation(ProtocolError::ServerOnlyPacket(other.name())),
         }
     }
 
@@ -437,14 +450,16 @@ impl Session {
             }));
             return self.close(CloseReason::Server(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
         }
-        self.session_expiry = if self.protocol.is_v5() {
+        self.requested_session_expiry = if self.protocol.is_v5() {
             props.session_expiry_interval.unwrap_or(0)
         } else if connect.clean_start {
             0
         } else {
             u32::MAX
-        }
-        .min(self.config.max_session_expiry);
+        };
+        self.session_expiry = self
+            .requested_session_expiry
+            .min(self.config.max_session_expiry);
         self.requested_keep_alive = connect.keep_alive;
         self.keep_alive =
             Duration::from_secs(u64::from(self.effective_keep_alive(connect.keep_alive)));
@@ -540,11 +555,21 @@ impl Session {
     /// The host routed (or refused) a QoS 1/2 PUBLISH. `code` is Success, or an error such as
     /// Not authorized / Quota exceeded; 3.1.1 clients always get a plain acknowledgement
     /// because 3.1.1 has no way to say no ([MQTT-3.3.5-2]).
-    pub fn publish_done(&mut self, qos: QoS, packet_id: u16, code: ReasonCode, reason: Option<String>) {
+    pub fn publish_done(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        code: ReasonCode,
+        reason: Option<String>,
+    ) {
         if self.phase == Phase::Closed {
             return;
         }
-        let code = if self.protocol.is_v5() { code } else { ReasonCode::SUCCESS };
+        let code = if self.protocol.is_v5() {
+            code
+        } else {
+            ReasonCode::SUCCESS
+        };
         let properties = self.reason_properties(reason);
         match qos {
             QoS::AtMostOnce => {}
@@ -571,14 +596,23 @@ impl Session {
     }
 
     fn handle_pubrel(&mut self, r: PubResp) {
-        let code = match self.state.inbound_qos2.iter().position(|id| *id == r.packet_id) {
+        let code = match self
+            .state
+            .inbound_qos2
+            .iter()
+            .position(|id| *id == r.packet_id)
+        {
             Some(i) => {
                 self.state.inbound_qos2.swap_remove(i);
                 ReasonCode::SUCCESS
             }
             None => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
         };
-        let code = if self.protocol.is_v5() { code } else { ReasonCode::SUCCESS };
+        let code = if self.protocol.is_v5() {
+            code
+        } else {
+            ReasonCode::SUCCESS
+        };
         self.write(&Packet::PubComp(PubResp {
             packet_id: r.packet_id,
             code,
@@ -672,8 +706,8 @@ impl Session {
 
     fn handle_disconnect(&mut self, d: Disconnect) {
         if let Some(expiry) = d.properties.session_expiry_interval {
-            if self.session_expiry == 0 && expiry != 0 {
-                // [MQTT-3.14.2-2]
+            if self.requested_session_expiry == 0 && expiry != 0 {
+                // §3.14.2.2.2 (a client rule without a normative number)
                 return self.violation(ProtocolError::SessionExpiryAfterZero);
             }
             self.session_expiry = expiry.min(self.config.max_session_expiry);
@@ -692,7 +726,11 @@ impl Session {
         let Some(expected) = self.auth_method.clone() else {
             return self.violation(ProtocolError::UnexpectedAuth);
         };
-        let got = a.properties.authentication_method.clone().unwrap_or_default();
+        let got = a
+            .properties
+            .authentication_method
+            .clone()
+            .unwrap_or_default();
         if got != expected {
             return self.violation(ProtocolError::AuthMethodMismatch { expected, got });
         }
@@ -712,10 +750,8 @@ impl Session {
             properties.receive_maximum = Some(self.config.receive_maximum);
             properties.maximum_packet_size = Some(self.config.max_packet_size);
             properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
-            properties.authentication_method = accepted
-                .authentication_data
-                .as_ref()
-                .and(self.auth_method.clone());
+            // [MQTT-4.12.0-5]: any successful CONNACK repeats the CONNECT's method.
+            properties.authentication_method = self.auth_method.clone();
             properties.authentication_data = accepted.authentication_data;
             properties.user_properties = accepted.user_properties;
             let ka = self.keep_alive.as_secs() as u16;
@@ -765,7 +801,11 @@ impl Session {
     }
 
     pub fn send_unsuback(&mut self, packet_id: u16, codes: Vec<ReasonCode>) {
-        let codes = if self.protocol.is_v5() { codes } else { Vec::new() };
+        let codes = if self.protocol.is_v5() {
+            codes
+        } else {
+            Vec::new()
+        };
         self.write(&Packet::UnsubAck(UnsubAck {
             packet_id,
             codes,
@@ -813,7 +853,9 @@ impl Session {
             } else {
                 InflightStage::AwaitPubRec
             };
-            self.state.inflight.push_back((packet_id, Inflight { delivery, stage }));
+            self.state
+                .inflight
+                .push_back((packet_id, Inflight { delivery, stage }));
         }
         Ok(())
     }
@@ -852,18 +894,22 @@ impl Session {
     fn resend_inflight(&mut self, now: Instant) {
         // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH (DUP=1) and PUBREL, in order.
         let inflight = std::mem::take(&mut self.state.inflight);
-        for (packet_id, entry) in &inflight {
+        for (packet_id, entry) in inflight {
             match entry.stage {
                 InflightStage::AwaitPubComp => self.write(&Packet::PubRel(PubResp {
-                    packet_id: *packet_id,
+                    packet_id,
                     ..Default::default()
                 })),
                 _ => {
-                    self.write_publish(&entry.delivery, *packet_id, true, now);
+                    if !self.write_publish(&entry.delivery, packet_id, true, now) {
+                        // [MQTT-3.1.2-25]: too large for this connection; discarded as if
+                        // sent and acknowledged, so it must not keep a window slot.
+                        continue;
+                    }
                 }
             }
+            self.state.inflight.push_back((packet_id, entry));
         }
-        self.state.inflight = inflight;
     }
 
     /// Encode one outgoing PUBLISH; false if it was dropped for being too large.
@@ -892,7 +938,7 @@ impl Session {
                 }
             }
         }
-        let mut packet = Packet::Publish(Publish {
+        let packet = Packet::Publish(Publish {
             dup,
             qos: d.qos,
             retain: d.retain,
@@ -903,13 +949,9 @@ impl Session {
         });
         let max = self.client_max_packet_size as usize;
         if codec::encoded_len(&packet, self.protocol) > max {
-            // Shed what may be shed ([MQTT-3.1.2-25]) before giving up on the message.
-            if let Packet::Publish(p) = &mut packet {
-                p.properties.user_properties.clear();
-            }
-            if codec::encoded_len(&packet, self.protocol) > max {
-                return false;
-            }
+            // [MQTT-3.1.2-25]: discard it. User Properties are not ours to drop
+            // ([MQTT-3.3.2-17]).
+            return false;
         }
         if let Some(alias) = new_alias {
             self.aliases_out.insert(m.topic.clone(), alias);
