@@ -26,7 +26,9 @@ use mqtt::{Connect, QoS, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::auth::{AuthKind, AuthOutcome, AuthRequest, Authenticator, Authorizer, Principal, Secret};
+use crate::auth::{
+    AuthKind, AuthOutcome, AuthRequest, Authenticator, Authorizer, Principal, Secret,
+};
 use crate::metrics::Metrics;
 use crate::router::{ConnControl, ConnectOutcome, ConnectRequest, Detach, Outbox, Router};
 
@@ -245,10 +247,7 @@ impl Connection {
         match event {
             Event::Connect(connect) => self.on_connect(connect, ctx),
             Event::Auth(auth) => self.on_auth(auth, ctx),
-            Event::Publish {
-                message,
-                packet_id,
-            } => {
+            Event::Publish { message, packet_id } => {
                 let qos = message.qos;
                 let (code, reason) = if !self.shared.authorizer.may_publish(
                     &self.principal,
@@ -256,7 +255,10 @@ impl Connection {
                     &message.topic,
                 ) {
                     debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
-                    (ReasonCode::NOT_AUTHORIZED, Some("publish not authorized".to_string()))
+                    (
+                        ReasonCode::NOT_AUTHORIZED,
+                        Some("publish not authorized".to_string()),
+                    )
                 } else {
                     let outcome = self.shared.router.publish(message, now);
                     let reason = (!outcome.code.is_success())
@@ -289,7 +291,10 @@ impl Connection {
             }
             Event::Unsubscribe(unsub) => {
                 let Some(att) = &self.attachment else { return };
-                let codes = self.shared.router.unsubscribe(att.session_id, &unsub.filters);
+                let codes = self
+                    .shared
+                    .router
+                    .unsubscribe(att.session_id, &unsub.filters);
                 self.session.send_unsuback(unsub.packet_id, codes);
             }
             Event::WindowOpened => {}
@@ -297,7 +302,12 @@ impl Connection {
         }
     }
 
-    fn auth_request(&self, kind: AuthKind, method: Option<String>, data: Option<Bytes>) -> AuthRequest {
+    fn auth_request(
+        &self,
+        kind: AuthKind,
+        method: Option<String>,
+        data: Option<Bytes>,
+    ) -> AuthRequest {
         let c = self.connect.as_deref();
         AuthRequest {
             kind,
@@ -331,7 +341,8 @@ impl Connection {
                 self.pump(ctx);
             }
             AuthOutcome::Continue { data } => {
-                self.session.send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
+                self.session
+                    .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
                 self.pump(ctx);
             }
             AuthOutcome::Allow {
@@ -415,7 +426,12 @@ impl Connection {
         let fut = self.shared.authenticator.authenticate(request);
         ctx.wait(fut.into_actor(self).map(move |outcome, act, ctx| {
             match (kind, outcome) {
-                (AuthKind::Reauthenticate, AuthOutcome::Allow { principal, data, .. }) => {
+                (
+                    AuthKind::Reauthenticate,
+                    AuthOutcome::Allow {
+                        principal, data, ..
+                    },
+                ) => {
                     act.principal = principal;
                     act.session.send_auth(ReasonCode::SUCCESS, data, None);
                 }
@@ -455,7 +471,9 @@ impl Connection {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(peer = %self.peer, client_id = self.client_id(), cause = %code, "disconnecting client");
             }
-            _ => debug!(peer = %self.peer, client_id = self.client_id(), ?reason, "client disconnected"),
+            _ => {
+                debug!(peer = %self.peer, client_id = self.client_id(), ?reason, "client disconnected")
+            }
         }
         if let Some(att) = self.attachment.take() {
             self.shared
@@ -516,7 +534,8 @@ impl Actor for Connection {
         ctx.run_later(CONNECT_TIMEOUT, |act, ctx| {
             if !act.session.is_connected() && !act.finished {
                 info!(peer = %act.peer, cause = "no CONNECT in time", "closing connection");
-                act.session.disconnect(ReasonCode::MAXIMUM_CONNECT_TIME, None, false);
+                act.session
+                    .disconnect(ReasonCode::MAXIMUM_CONNECT_TIME, None, false);
                 act.pump(ctx);
             }
         });

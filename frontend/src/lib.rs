@@ -4,8 +4,8 @@
 //! IO and timers; the protocol lives in `mqtt::session`. Messages between sessions go through the
 //! [`router`], which owns subscriptions, retained messages, offline sessions and wills.
 
-pub mod config;
 pub mod auth;
+pub mod config;
 pub mod connection;
 pub mod metrics;
 pub mod router;

@@ -19,11 +19,22 @@ struct Cli {
     /// BrokerAuthentication, BrokerAuthorization, Secret and ConfigMap documents
     /// (apiVersion gatehouse.io/v1 or mqttbroker.iotoperations.azure.com/v1). Without it the
     /// embedded default is used (see `gatehouse print-default-config`).
-    #[arg(long, short = 'c', env = "GATEHOUSE_CONFIG", value_name = "PATH", global = true)]
+    #[arg(
+        long,
+        short = 'c',
+        env = "GATEHOUSE_CONFIG",
+        value_name = "PATH",
+        global = true
+    )]
     config: Option<PathBuf>,
 
     /// Directory for the broker's state (created if missing).
-    #[arg(long, env = "GATEHOUSE_DATA_DIR", value_name = "DIR", default_value = "./gatehouse-data")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./gatehouse-data"
+    )]
     data_dir: PathBuf,
 
     /// Log format.
@@ -82,7 +93,10 @@ fn main() -> ExitCode {
         for warning in &config.warnings {
             eprintln!("gatehouse: warning: {warning}");
         }
-        println!("configuration is valid: {} listener port(s)", config.listeners.len());
+        println!(
+            "configuration is valid: {} listener port(s)",
+            config.listeners.len()
+        );
         return ExitCode::SUCCESS;
     }
     init_logging(&cli, config.broker.log_level.as_deref());
@@ -113,7 +127,9 @@ fn init_logging(cli: &Cli, configured_level: Option<&str>) {
     let filter = match (&cli.log, configured_level) {
         (Some(f), _) => EnvFilter::new(f),
         (None, Some(level)) => EnvFilter::new(level),
-        (None, None) => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        (None, None) => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        }
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

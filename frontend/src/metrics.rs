@@ -25,19 +25,43 @@ impl Metrics {
     pub fn snapshot(&self) -> Vec<(&'static str, i64)> {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
         vec![
-            ("gatehouse_connections_accepted_total", r(&self.connections_accepted)),
+            (
+                "gatehouse_connections_accepted_total",
+                r(&self.connections_accepted),
+            ),
             (
                 "gatehouse_connected_sessions",
                 self.connected_sessions.load(Ordering::Relaxed),
             ),
-            ("gatehouse_publishes_received_total", r(&self.publishes_received)),
+            (
+                "gatehouse_publishes_received_total",
+                r(&self.publishes_received),
+            ),
             ("gatehouse_publishes_sent_total", r(&self.publishes_sent)),
-            ("gatehouse_payload_bytes_received_total", r(&self.payload_bytes_received)),
-            ("gatehouse_qos0_messages_dropped_total", r(&self.qos0_dropped_incoming)),
-            ("gatehouse_backpressure_packets_rejected_total", r(&self.backpressure_rejected)),
-            ("gatehouse_subscriber_queue_dropped_total", r(&self.dropped_queue_full)),
-            ("gatehouse_protocol_violations_total", r(&self.protocol_violations)),
-            ("gatehouse_server_disconnects_total", r(&self.server_disconnects)),
+            (
+                "gatehouse_payload_bytes_received_total",
+                r(&self.payload_bytes_received),
+            ),
+            (
+                "gatehouse_qos0_messages_dropped_total",
+                r(&self.qos0_dropped_incoming),
+            ),
+            (
+                "gatehouse_backpressure_packets_rejected_total",
+                r(&self.backpressure_rejected),
+            ),
+            (
+                "gatehouse_subscriber_queue_dropped_total",
+                r(&self.dropped_queue_full),
+            ),
+            (
+                "gatehouse_protocol_violations_total",
+                r(&self.protocol_violations),
+            ),
+            (
+                "gatehouse_server_disconnects_total",
+                r(&self.server_disconnects),
+            ),
         ]
     }
 }

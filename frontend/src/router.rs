@@ -146,9 +146,10 @@ impl Outbox {
                     }
                 }
             }
+            // Count the bytes before the delivery becomes visible to `pop`, which subtracts them.
+            self.budget.add(weight);
             q.push_back(d);
         }
-        self.budget.add(weight);
         self.notify();
         true
     }
@@ -177,7 +178,12 @@ impl Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let used: usize = self.queue.get_mut().iter().map(|d| d.message.weight()).sum();
+        let used: usize = self
+            .queue
+            .get_mut()
+            .iter()
+            .map(|d| d.message.weight())
+            .sum();
         self.budget.sub(used);
     }
 }
@@ -383,18 +389,23 @@ impl LocalRouter {
         let Some(g) = t.shared.get_mut(inner, &key) else {
             return false;
         };
-        let candidates: Vec<u64> = g
+        let candidates: Vec<(u64, Subscription)> = g
             .members
             .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != leaving)
+            .filter(|(id, _)| *id != leaving)
+            .copied()
             .collect();
-        for id in candidates {
+        for (id, sub) in candidates {
             if let Some(e) = t.sessions.get(&id)
                 && e.online.is_some()
             {
-                let mut d = d.clone();
-                d.retain = false;
+                // Sent in response to this member's subscription: its QoS and identifier.
+                let d = Delivery {
+                    qos: sub.options.qos.min(d.message.qos),
+                    retain: false,
+                    subscription_ids: sub.id.into_iter().collect(),
+                    ..d
+                };
                 return e.outbox.push(d, &self.limits, &self.metrics);
             }
         }
@@ -406,6 +417,7 @@ impl Router for LocalRouter {
     fn connect(&self, req: ConnectRequest, force: bool, now: Instant) -> ConnectOutcome {
         let mut t = self.tables.lock();
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let mut forced_will = None;
         if let Some(&sid) = t.by_client_id.get(&req.client_id) {
             let entry = t.sessions.get_mut(&sid).expect("index and sessions agree");
             if let Some(old) = entry.online.clone() {
@@ -424,6 +436,16 @@ impl Router for LocalRouter {
                 // detach carries an older generation and is ignored.
                 entry.online = None;
                 entry.outbox.set_control(None);
+                // Its will is due now unless it is delayed and the session goes on
+                // ([MQTT-3.1.2-8], §3.1.3.2.2); with Clean Start it goes out below.
+                if !req.clean_start
+                    && entry
+                        .will
+                        .as_ref()
+                        .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
+                {
+                    forced_will = entry.will.take();
+                }
             }
             if req.clean_start {
                 if let Some(old) = Self::remove_session(&mut t, sid) {
@@ -444,6 +466,10 @@ impl Router for LocalRouter {
                 entry.outbox.set_control(Some(req.control));
                 let restored = entry.offline_state.take();
                 let outbox = entry.outbox.clone();
+                drop(t);
+                if let Some(will) = forced_will {
+                    self.publish(will_message(will, sid, now), now);
+                }
                 return ConnectOutcome::Attached(Attached {
                     session_present: true,
                     session_id: sid,
@@ -495,7 +521,11 @@ impl Router for LocalRouter {
         for w in entry.takeover_waiters.drain(..) {
             let _ = w.send(());
         }
-        let will = if d.publish_will { entry.will.take() } else { None };
+        let will = if d.publish_will {
+            entry.will.take()
+        } else {
+            None
+        };
         entry.will = None;
         let session_id = entry.session_id;
 

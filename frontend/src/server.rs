@@ -39,9 +39,7 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "listener {listener:?} spec.ports[{index}]: {what} is not supported by this build yet"
-    )]
+    #[error("listener {listener:?} spec.ports[{index}]: {what} is not supported by this build yet")]
     Unsupported {
         listener: String,
         index: usize,
@@ -96,7 +94,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     let limits = &config.broker.limits;
     let metrics = Arc::new(Metrics::default());
     let router = Arc::new(LocalRouter::new(router_limits(limits), metrics.clone()));
-    let workers: Vec<Arbiter> = (0..options.workers.max(1)).map(|_| Arbiter::new()).collect();
+    let workers: Vec<Arbiter> = (0..options.workers.max(1))
+        .map(|_| Arbiter::new())
+        .collect();
     let workers = Arc::new(workers);
 
     let mut bound = Vec::new();
