@@ -283,7 +283,8 @@ pub struct SubscriberQueueLimitSpec {
 /// What happens when a subscriber's queue is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 pub enum QueueStrategy {
-    /// No drop strategy: the new message is not queued (QoS 0 dropped, QoS 1/2 refused).
+    /// No length bound at all (broker-spec §7.4): the queue grows until the session expires,
+    /// held back only by the global memory budget.
     #[default]
     None,
     /// Drop the oldest queued message to make room.

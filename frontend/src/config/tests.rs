@@ -1086,3 +1086,14 @@ fn max_packet_size_overrides_the_profile_up_to_the_mqtt_maximum() {
         ClientLimits::MQTT_MAX_PACKET_SIZE
     );
 }
+
+/// broker-spec §7.4, scenario 46: `strategy: None` means the queue has no length bound.
+#[test]
+fn subscriber_queue_limit_strategy_none_is_unbounded() {
+    let config = Config::from_yaml_str(
+        "apiVersion: gatehouse.io/v1\nkind: Broker\nmetadata: {name: default}\nspec:\n  advanced:\n    clients:\n      subscriberQueueLimit: {length: 10, strategy: None}\n---\napiVersion: gatehouse.io/v1\nkind: BrokerListener\nmetadata: {name: default}\nspec:\n  ports:\n    - {port: 0}\n",
+        "test",
+    )
+    .expect("valid");
+    assert_eq!(config.broker.limits.max_queued_messages, usize::MAX);
+}

@@ -453,7 +453,15 @@ fn resolve_broker(
                         length,
                         strategy: queue.strategy,
                     });
-                    limits.max_queued_messages = usize::try_from(length).unwrap_or(usize::MAX);
+                    // broker-spec §7.4 / scenario 46: strategy None means the queue is not
+                    // bounded by length (only by session expiry and the global memory budget);
+                    // the length matters only for DropOldest.
+                    limits.max_queued_messages = match queue.strategy {
+                        super::resources::QueueStrategy::None => usize::MAX,
+                        super::resources::QueueStrategy::DropOldest => {
+                            usize::try_from(length).unwrap_or(usize::MAX)
+                        }
+                    };
                 }
             }
             (None, Some(v)) => {
