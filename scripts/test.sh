@@ -82,9 +82,7 @@ fi
 stage "python tests" "$VENV/bin/python" -m pytest -p no:cacheprovider tests/python
 
 # Last, being the slowest; fuzz.sh installs cargo-fuzz itself if it is missing.
-if [ -f scripts/fuzz.sh ]; then
-    stage "fuzz" bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
-fi
+stage "fuzz" bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED stages: ${failed[*]}"

@@ -968,7 +968,7 @@ impl Session {
     fn reason_properties(&self, reason: Option<String>) -> Properties {
         let mut properties = Properties::default();
         if self.protocol.is_v5() && self.request_problem_information {
-            properties.reason_string = reason;
+            properties.reason_string = reason.map(truncate_reason);
         }
         properties
     }
@@ -1027,6 +1027,23 @@ impl Session {
         self.phase = Phase::Closed;
         self.events.push_back(Event::Closed(reason));
     }
+}
+
+/// Longest Reason String the server sends. Error messages quote what the client sent (a topic
+/// of up to 65,535 bytes, `{:?}`-escaped so up to six times longer), and an MQTT string cannot
+/// exceed 65,535 bytes. Found by the `session` fuzz target.
+const MAX_REASON_STRING: usize = 1024;
+
+/// Cut `reason` to at most [`MAX_REASON_STRING`] bytes, on a character boundary.
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_STRING {
+        let mut end = MAX_REASON_STRING;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 fn strip_optional_properties(packet: &mut Packet) {

@@ -1805,3 +1805,52 @@ fn debug_output_never_contains_secrets() {
         "{text}"
     );
 }
+
+/// Regression (found by the `session` fuzz target): a violation quoting a long topic must not
+/// produce a Reason String over the 65,535-byte MQTT string limit; it is cut to a bounded length.
+#[test]
+fn long_violation_reason_is_truncated() {
+    let mut s = Session::new(SessionConfig::default(), Instant::now());
+    let now = Instant::now();
+    let mut buf = BytesMut::new();
+    codec::encode(
+        &Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })),
+        Protocol::V5,
+        &mut buf,
+    );
+    s.feed(&buf);
+    s.process(now);
+    while s.poll_event().is_some() {}
+    s.accept_connect(ConnectAccepted::default(), now);
+    let _ = s.take_transmit();
+    let topic = format!("+{}", "\u{7f}".repeat(11_000));
+    let mut buf = BytesMut::new();
+    codec::encode(
+        &Packet::Publish(Publish {
+            topic,
+            ..Default::default()
+        }),
+        Protocol::V5,
+        &mut buf,
+    );
+    s.feed(&buf);
+    s.process(now);
+    let mut out = s.take_transmit().expect("DISCONNECT sent");
+    match codec::decode(&mut out, Protocol::V5, usize::MAX) {
+        Ok(Some(Packet::Disconnect(d))) => {
+            assert_eq!(d.code, ReasonCode::TOPIC_NAME_INVALID);
+            let reason = d.properties.reason_string.expect("reason string");
+            assert!(reason.len() <= 1024, "reason of {} bytes", reason.len());
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}

@@ -1,0 +1,10 @@
+//! Arbitrary bytes on an MQTT 5.0 connection: decode packets until the decoder wants more
+//! bytes or fails; every packet must round-trip (see `gatehouse_fuzz::check_round_trip`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mqtt::Protocol;
+
+fuzz_target!(|data: &[u8]| {
+    gatehouse_fuzz::fuzz_decode(data, Protocol::V5);
+});
