@@ -349,6 +349,14 @@ impl LocalRouter {
         self.tables.lock().sessions.len()
     }
 
+    /// The session a timer was started for, if it is still offline and still belongs to the
+    /// connection generation that started the timer (a reconnect makes the timer stale).
+    fn offline_session(t: &Tables, client_id: &str, generation: u64) -> Option<u64> {
+        let sid = *t.by_client_id.get(client_id)?;
+        let entry = t.sessions.get(&sid)?;
+        (entry.generation == generation && entry.online.is_none()).then_some(sid)
+    }
+
     fn remove_session(t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
         let entry = t.sessions.remove(&session_id)?;
         t.by_client_id.remove(&entry.client_id);
@@ -587,14 +595,10 @@ impl Router for LocalRouter {
 
     fn fire_will(&self, client_id: &str, generation: u64, now: Instant) {
         let mut t = self.tables.lock();
-        let Some(&sid) = t.by_client_id.get(client_id) else {
+        let Some(sid) = Self::offline_session(&t, client_id, generation) else {
             return;
         };
-        let entry = t.sessions.get_mut(&sid).expect("present");
-        if entry.generation != generation || entry.online.is_some() {
-            return;
-        }
-        let Some(will) = entry.will.take() else {
+        let Some(will) = t.sessions.get_mut(&sid).and_then(|e| e.will.take()) else {
             return;
         };
         drop(t);
@@ -603,13 +607,9 @@ impl Router for LocalRouter {
 
     fn expire_session(&self, client_id: &str, generation: u64, now: Instant) {
         let mut t = self.tables.lock();
-        let Some(&sid) = t.by_client_id.get(client_id) else {
+        let Some(sid) = Self::offline_session(&t, client_id, generation) else {
             return;
         };
-        let entry = t.sessions.get(&sid).expect("present");
-        if entry.generation != generation || entry.online.is_some() {
-            return;
-        }
         let removed = Self::remove_session(&mut t, sid);
         drop(t);
         // A will still waiting for its delay goes out when the session ends.
