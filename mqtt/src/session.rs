@@ -913,50 +913,57 @@ impl Session {
     }
 
     /// Encode one outgoing PUBLISH; false if it was dropped for being too large.
+    ///
+    /// Written through a borrowed [`codec::PublishView`]: the message is shared by every
+    /// subscriber, so neither its topic nor its properties are cloned per delivery.
     fn write_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> bool {
+        if self.phase == Phase::Closed {
+            return false;
+        }
         let m = &d.message;
-        let mut properties = Properties::default();
-        let mut topic = m.topic.clone();
+        let v5 = self.protocol.is_v5();
+        let mut topic = m.topic.as_str();
+        let mut topic_alias = None;
         let mut new_alias = None;
-        if self.protocol.is_v5() {
-            properties = m.properties.clone();
-            properties.subscription_identifiers = d.subscription_ids.clone();
+        let mut message_expiry_interval = None;
+        if v5 {
             if let Some(at) = m.expires_at {
                 let left = at.saturating_duration_since(now);
                 // Round up so that a message with 0.4 s left does not claim to be expired.
-                properties.message_expiry_interval = Some(left.as_secs_f64().ceil() as u32);
+                message_expiry_interval = Some(left.as_secs_f64().ceil() as u32);
             }
             if self.client_topic_alias_maximum > 0 {
                 if let Some(alias) = self.aliases_out.get(&m.topic) {
-                    properties.topic_alias = Some(*alias);
-                    topic = String::new();
+                    topic_alias = Some(*alias);
+                    topic = "";
                 } else if self.aliases_out.len() < usize::from(self.client_topic_alias_maximum) {
                     // Registered only once the packet is known to go out (below): the
                     // client learns an alias from the packet that carries it.
                     new_alias = Some(self.aliases_out.len() as u16 + 1);
-                    properties.topic_alias = new_alias;
+                    topic_alias = new_alias;
                 }
             }
         }
-        let packet = Packet::Publish(Publish {
+        let view = codec::PublishView {
             dup,
             qos: d.qos,
             retain: d.retain,
             topic,
             packet_id,
-            payload: m.payload.clone(),
-            properties,
-        });
-        let max = self.client_max_packet_size as usize;
-        if codec::encoded_len(&packet, self.protocol) > max {
-            // [MQTT-3.1.2-25]: discard it. User Properties are not ours to drop
-            // ([MQTT-3.3.2-17]).
+            payload: &m.payload,
+            properties: &m.properties,
+            message_expiry_interval,
+            topic_alias,
+            subscription_identifiers: if v5 { &d.subscription_ids } else { &[] },
+        };
+        // [MQTT-3.1.2-25]: a PUBLISH the client cannot accept is discarded, never trimmed.
+        if codec::publish_view_len(&view, self.protocol) > self.client_max_packet_size as usize {
             return false;
         }
+        codec::encode_publish_view(&view, self.protocol, &mut self.tx);
         if let Some(alias) = new_alias {
             self.aliases_out.insert(m.topic.clone(), alias);
         }
-        self.write(&packet);
         true
     }
 

@@ -161,6 +161,53 @@ pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
     1 + varint_len(remaining) + remaining
 }
 
+/// An outgoing PUBLISH assembled from borrowed parts: a message shared by many subscribers,
+/// plus what differs per delivery. Encoding it writes the same bytes as encoding the equivalent
+/// [`Publish`](crate::packet::Publish) (whose `message_expiry_interval`, `topic_alias` and
+/// `subscription_identifiers` properties are the view's fields), without building one — the
+/// broker's fan-out path clones neither the topic nor the properties per subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishView<'a> {
+    pub dup: bool,
+    pub qos: crate::packet::QoS,
+    pub retain: bool,
+    /// Empty when a topic alias stands for it.
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+    /// Forwarded properties; their expiry, alias and subscription identifiers are ignored in
+    /// favour of the fields below.
+    pub properties: &'a crate::packet::Properties,
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<u16>,
+    pub subscription_identifiers: &'a [u32],
+}
+
+impl PublishView<'_> {
+    fn overlay(&self) -> properties::Overlay<'_> {
+        properties::Overlay {
+            message_expiry_interval: self.message_expiry_interval,
+            topic_alias: self.topic_alias,
+            subscription_identifiers: self.subscription_identifiers,
+        }
+    }
+}
+
+/// Append the encoding of `view` (a PUBLISH) for `protocol` to `out`.
+pub fn encode_publish_view(view: &PublishView, protocol: Protocol, out: &mut BytesMut) {
+    let remaining = publish::view_len(view, protocol);
+    out.reserve(1 + varint_len(remaining) + remaining);
+    out.put_u8(PUBLISH << 4 | publish::view_flags(view));
+    put_varint(out, remaining);
+    publish::encode_view(view, protocol, out);
+}
+
+/// Exact number of bytes [`encode_publish_view`] would write.
+pub fn publish_view_len(view: &PublishView, protocol: Protocol) -> usize {
+    let remaining = publish::view_len(view, protocol);
+    1 + varint_len(remaining) + remaining
+}
+
 fn first_byte(packet: &Packet) -> u8 {
     let (packet_type, flags) = match packet {
         Packet::Connect(_) => (CONNECT, 0),

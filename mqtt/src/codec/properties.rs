@@ -277,8 +277,29 @@ fn decode_value(r: &mut Reader, id: u8, p: &mut Properties) -> Result<(), Protoc
     Ok(())
 }
 
+/// The three PUBLISH properties that differ per subscriber. When the broker forwards one shared
+/// message to many subscribers it writes the message's properties with these replaced, instead
+/// of cloning the whole [`Properties`] for each delivery.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Overlay<'a> {
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<u16>,
+    pub subscription_identifiers: &'a [u32],
+}
+
+impl<'a> Overlay<'a> {
+    /// No replacement: the struct's own values.
+    pub(crate) fn of(p: &'a Properties) -> Overlay<'a> {
+        Overlay {
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: p.topic_alias,
+            subscription_identifiers: &p.subscription_identifiers,
+        }
+    }
+}
+
 /// Length of the properties themselves, without the length prefix.
-fn content_len(p: &Properties) -> usize {
+fn content_len(p: &Properties, o: &Overlay) -> usize {
     // identifier byte + fixed-width value
     fn fixed<T>(v: &Option<T>, width: usize) -> usize {
         if v.is_some() { 1 + width } else { 0 }
@@ -287,7 +308,7 @@ fn content_len(p: &Properties) -> usize {
         v.as_ref().map_or(0, |s| 1 + prefixed_len(s.len()))
     }
     let mut n = fixed(&p.payload_format_indicator, 1)
-        + fixed(&p.message_expiry_interval, 4)
+        + fixed(&o.message_expiry_interval, 4)
         + string(&p.content_type)
         + string(&p.response_topic)
         + p.correlation_data
@@ -308,14 +329,14 @@ fn content_len(p: &Properties) -> usize {
         + string(&p.reason_string)
         + fixed(&p.receive_maximum, 2)
         + fixed(&p.topic_alias_maximum, 2)
-        + fixed(&p.topic_alias, 2)
+        + fixed(&o.topic_alias, 2)
         + fixed(&p.maximum_qos, 1)
         + fixed(&p.retain_available, 1)
         + fixed(&p.maximum_packet_size, 4)
         + fixed(&p.wildcard_subscription_available, 1)
         + fixed(&p.subscription_identifier_available, 1)
         + fixed(&p.shared_subscription_available, 1);
-    for &id in &p.subscription_identifiers {
+    for &id in o.subscription_identifiers {
         n += 1 + varint_len(id as usize);
     }
     for (k, v) in &p.user_properties {
@@ -326,14 +347,23 @@ fn content_len(p: &Properties) -> usize {
 
 /// Bytes [`encode`] writes: the property length prefix plus the properties.
 pub(crate) fn encoded_len(p: &Properties) -> usize {
-    let n = content_len(p);
+    encoded_len_with(p, &Overlay::of(p))
+}
+
+pub(crate) fn encoded_len_with(p: &Properties, o: &Overlay) -> usize {
+    let n = content_len(p, o);
     varint_len(n) + n
 }
 
 /// Write the property length and then every property present, in ascending identifier order
 /// so the same struct always produces the same bytes.
 pub(crate) fn encode(p: &Properties, out: &mut BytesMut) {
-    put_varint(out, content_len(p));
+    encode_with(p, &Overlay::of(p), out)
+}
+
+/// [`encode`] with the per-subscriber PUBLISH properties taken from `o`.
+pub(crate) fn encode_with(p: &Properties, o: &Overlay, out: &mut BytesMut) {
+    put_varint(out, content_len(p, o));
     fn byte(out: &mut BytesMut, id: u8, v: Option<u8>) {
         if let Some(v) = v {
             out.put_u8(id);
@@ -362,11 +392,11 @@ pub(crate) fn encode(p: &Properties, out: &mut BytesMut) {
         v.as_deref().map(str::as_bytes)
     }
     byte(out, PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
-    four(out, MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
+    four(out, MESSAGE_EXPIRY_INTERVAL, o.message_expiry_interval);
     data(out, CONTENT_TYPE, s(&p.content_type));
     data(out, RESPONSE_TOPIC, s(&p.response_topic));
     data(out, CORRELATION_DATA, p.correlation_data.as_deref());
-    for &id in &p.subscription_identifiers {
+    for &id in o.subscription_identifiers {
         out.put_u8(SUBSCRIPTION_IDENTIFIER);
         put_varint(out, id as usize);
     }
@@ -395,7 +425,7 @@ pub(crate) fn encode(p: &Properties, out: &mut BytesMut) {
     data(out, REASON_STRING, s(&p.reason_string));
     two(out, RECEIVE_MAXIMUM, p.receive_maximum);
     two(out, TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
-    two(out, TOPIC_ALIAS, p.topic_alias);
+    two(out, TOPIC_ALIAS, o.topic_alias);
     byte(out, MAXIMUM_QOS, p.maximum_qos);
     byte(out, RETAIN_AVAILABLE, p.retain_available);
     for (k, v) in &p.user_properties {

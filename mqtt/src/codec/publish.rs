@@ -5,6 +5,7 @@
 //! names are checked only for being UTF-8 (and non-empty before v5); wildcards, aliases and
 //! payload format checks belong to the session.
 
+use super::PublishView;
 use bytes::{BufMut, BytesMut};
 
 use super::primitives::{Reader, prefixed_len, put_u16_prefixed};
@@ -29,11 +30,15 @@ pub(super) fn check_publish_flags(flags: u8) -> Result<(), ProtocolError> {
 /// DUP is only written for QoS > 0, mirroring the packet identifier: the struct may carry a
 /// stale `dup` after a QoS downgrade, and writing it would make the packet malformed.
 pub(super) fn publish_flags(p: &Publish) -> u8 {
-    let mut flags = (p.qos as u8) << QOS_SHIFT;
-    if p.dup && p.qos != QoS::AtMostOnce {
+    flags(p.qos, p.dup, p.retain)
+}
+
+fn flags(qos: QoS, dup: bool, retain: bool) -> u8 {
+    let mut flags = (qos as u8) << QOS_SHIFT;
+    if dup && qos != QoS::AtMostOnce {
         flags |= DUP;
     }
-    if p.retain {
+    if retain {
         flags |= RETAIN;
     }
     flags
@@ -91,6 +96,33 @@ pub(super) fn encode_publish(p: &Publish, protocol: Protocol, out: &mut BytesMut
         properties::encode(&p.properties, out);
     }
     out.put_slice(&p.payload);
+}
+
+/// Remaining length of a [`PublishView`].
+pub(super) fn view_len(v: &PublishView, protocol: Protocol) -> usize {
+    let mut n = prefixed_len(v.topic.len()) + v.payload.len();
+    if v.qos != QoS::AtMostOnce {
+        n += 2;
+    }
+    if protocol.is_v5() {
+        n += properties::encoded_len_with(v.properties, &v.overlay());
+    }
+    n
+}
+
+pub(super) fn view_flags(v: &PublishView) -> u8 {
+    flags(v.qos, v.dup, v.retain)
+}
+
+pub(super) fn encode_view(v: &PublishView, protocol: Protocol, out: &mut BytesMut) {
+    put_u16_prefixed(out, v.topic.as_bytes());
+    if v.qos != QoS::AtMostOnce {
+        out.put_u16(v.packet_id);
+    }
+    if protocol.is_v5() {
+        properties::encode_with(v.properties, &v.overlay(), out);
+    }
+    out.put_slice(v.payload);
 }
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP; `ctx` names which, for property errors.
@@ -352,6 +384,70 @@ mod tests {
             Protocol::V311,
             &[0x30, 0x03, 0x00, 0x01, b't'],
         );
+    }
+
+    /// The fan-out path (`PublishView`) must write exactly what encoding the equivalent
+    /// `Publish` writes, for both versions, every QoS and with per-delivery properties.
+    #[test]
+    fn publish_view_matches_packet_encoding() {
+        use crate::codec::{
+            PublishView, encode, encode_publish_view, encoded_len, publish_view_len,
+        };
+        let shared = Properties {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(Bytes::from_static(b"cid")),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        for protocol in [Protocol::V311, Protocol::V5] {
+            for (qos, pid) in [
+                (QoS::AtMostOnce, 0),
+                (QoS::AtLeastOnce, 7),
+                (QoS::ExactlyOnce, 9),
+            ] {
+                for (topic, alias, ids, expiry) in [
+                    ("a/b", None, &[][..], None),
+                    ("a/b", Some(3), &[1u32, 300][..], Some(60)),
+                    ("", Some(3), &[5u32][..], Some(0)),
+                ] {
+                    let mut props = shared.clone();
+                    props.topic_alias = alias;
+                    props.subscription_identifiers = ids.to_vec();
+                    props.message_expiry_interval = expiry;
+                    let packet = Packet::Publish(Publish {
+                        dup: true,
+                        qos,
+                        retain: true,
+                        topic: topic.into(),
+                        packet_id: pid,
+                        payload: Bytes::from_static(b"payload"),
+                        properties: props,
+                    });
+                    let view = PublishView {
+                        dup: true,
+                        qos,
+                        retain: true,
+                        topic,
+                        packet_id: pid,
+                        payload: b"payload",
+                        properties: &shared,
+                        message_expiry_interval: expiry,
+                        topic_alias: alias,
+                        subscription_identifiers: ids,
+                    };
+                    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                    encode(&packet, protocol, &mut a);
+                    encode_publish_view(&view, protocol, &mut b);
+                    assert_eq!(a, b, "{protocol:?} {qos:?} {topic:?}");
+                    assert_eq!(
+                        encoded_len(&packet, protocol),
+                        publish_view_len(&view, protocol)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
