@@ -491,21 +491,19 @@ impl Connection {
                 now,
             );
             // Timers outlive this actor, so they run as free tasks on the arbiter.
-            if let Some(delay) = timers.will_after {
+            let after = |delay: Duration, fire: fn(&dyn Router, &str, u64, Instant)| {
                 let router = self.shared.router.clone();
                 let (id, generation) = (att.client_id.clone(), att.generation);
                 actix_rt::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    router.fire_will(&id, generation, Instant::now());
+                    fire(&*router, &id, generation, Instant::now());
                 });
+            };
+            if let Some(delay) = timers.will_after {
+                after(delay, |r, id, g, now| r.fire_will(id, g, now));
             }
             if let Some(delay) = timers.expire_after {
-                let router = self.shared.router.clone();
-                let (id, generation) = (att.client_id, att.generation);
-                actix_rt::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    router.expire_session(&id, generation, Instant::now());
-                });
+                after(delay, |r, id, g, now| r.expire_session(id, g, now));
             }
         }
         // Let the writer flush what the session said last (CONNACK, DISCONNECT), then stop.

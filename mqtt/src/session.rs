@@ -330,11 +330,6 @@ impl Session {
         self.rx.extend_from_slice(data);
     }
 
-    /// Mutable access to the read buffer, for hosts that read straight into it.
-    pub fn read_buffer(&mut self) -> &mut BytesMut {
-        &mut self.rx
-    }
-
     /// Decode and handle every complete packet in the read buffer, unless the session waits
     /// for the host to answer a CONNECT.
     pub fn process(&mut self, now: Instant) {
@@ -878,10 +873,6 @@ impl Session {
         } else {
             Some(self.tx.split())
         }
-    }
-
-    pub fn has_transmit(&self) -> bool {
-        !self.tx.is_empty()
     }
 
     /// Encoded bytes not yet taken by `take_transmit`.

@@ -30,18 +30,7 @@ pub(super) fn check_publish_flags(flags: u8) -> Result<(), ProtocolError> {
 /// DUP is only written for QoS > 0, mirroring the packet identifier: the struct may carry a
 /// stale `dup` after a QoS downgrade, and writing it would make the packet malformed.
 pub(super) fn publish_flags(p: &Publish) -> u8 {
-    flags(p.qos, p.dup, p.retain)
-}
-
-fn flags(qos: QoS, dup: bool, retain: bool) -> u8 {
-    let mut flags = (qos as u8) << QOS_SHIFT;
-    if dup && qos != QoS::AtMostOnce {
-        flags |= DUP;
-    }
-    if retain {
-        flags |= RETAIN;
-    }
-    flags
+    view_flags(&view_of(p))
 }
 
 pub(super) fn decode_publish(
@@ -76,26 +65,28 @@ pub(super) fn decode_publish(
     }))
 }
 
+/// A `Publish` is written as the view of itself, so the two encodings cannot drift apart.
+fn view_of(p: &Publish) -> PublishView<'_> {
+    PublishView {
+        dup: p.dup,
+        qos: p.qos,
+        retain: p.retain,
+        topic: &p.topic,
+        packet_id: p.packet_id,
+        payload: &p.payload,
+        properties: &p.properties,
+        message_expiry_interval: p.properties.message_expiry_interval,
+        topic_alias: p.properties.topic_alias,
+        subscription_identifiers: &p.properties.subscription_identifiers,
+    }
+}
+
 pub(super) fn publish_len(p: &Publish, protocol: Protocol) -> usize {
-    let mut n = prefixed_len(p.topic.len()) + p.payload.len();
-    if p.qos != QoS::AtMostOnce {
-        n += 2;
-    }
-    if protocol.is_v5() {
-        n += properties::encoded_len(&p.properties);
-    }
-    n
+    view_len(&view_of(p), protocol)
 }
 
 pub(super) fn encode_publish(p: &Publish, protocol: Protocol, out: &mut BytesMut) {
-    put_u16_prefixed(out, p.topic.as_bytes());
-    if p.qos != QoS::AtMostOnce {
-        out.put_u16(p.packet_id);
-    }
-    if protocol.is_v5() {
-        properties::encode(&p.properties, out);
-    }
-    out.put_slice(&p.payload);
+    encode_view(&view_of(p), protocol, out)
 }
 
 /// Remaining length of a [`PublishView`].
@@ -111,7 +102,14 @@ pub(super) fn view_len(v: &PublishView, protocol: Protocol) -> usize {
 }
 
 pub(super) fn view_flags(v: &PublishView) -> u8 {
-    flags(v.qos, v.dup, v.retain)
+    let mut flags = (v.qos as u8) << QOS_SHIFT;
+    if v.dup && v.qos != QoS::AtMostOnce {
+        flags |= DUP;
+    }
+    if v.retain {
+        flags |= RETAIN;
+    }
+    flags
 }
 
 pub(super) fn encode_view(v: &PublishView, protocol: Protocol, out: &mut BytesMut) {
