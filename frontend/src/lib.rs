@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod health;
 pub mod metrics;
 pub mod router;
 pub mod server;
+pub mod ws;

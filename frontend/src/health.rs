@@ -1,0 +1,51 @@
+//! Liveness and readiness as the broker sees them: which ports are serving and which are
+//! waiting (for example for a TLS certificate that does not exist yet).
+//!
+//! Listeners write it; the `/healthz` and `/readyz` endpoints read it. It holds no policy about
+//! what "ready" means beyond "every configured port serves".
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+
+/// One port's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortState {
+    Serving,
+    /// Bound but refusing connections; the string says why (logged once as well).
+    Waiting(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Keyed by `(listener name, configured port)`.
+    ports: Mutex<BTreeMap<(String, u16), PortState>>,
+}
+
+impl Health {
+    pub fn set(&self, listener: &str, port: u16, state: PortState) {
+        self.ports.lock().insert((listener.to_string(), port), state);
+    }
+
+    /// Ready when every registered port serves. Returns the waiting ports otherwise.
+    pub fn ready(&self) -> Result<(), Vec<String>> {
+        let waiting: Vec<String> = self
+            .ports
+            .lock()
+            .iter()
+            .filter_map(|((listener, port), state)| match state {
+                PortState::Serving => None,
+                PortState::Waiting(why) => Some(format!("{listener}:{port}: {why}")),
+            })
+            .collect();
+        if waiting.is_empty() { Ok(()) } else { Err(waiting) }
+    }
+
+    pub fn ports(&self) -> Vec<((String, u16), PortState)> {
+        self.ports
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
