@@ -697,6 +697,7 @@ impl Router for LocalRouter {
                     retain,
                     subscription_ids: ids,
                     shared: None,
+                    tag: 0,
                 };
                 entry.outbox.push(d, &self.limits, m);
             }
@@ -733,6 +734,7 @@ impl Router for LocalRouter {
                     retain: false,
                     subscription_ids: sub.id.into_iter().collect(),
                     shared: Some(g.name.clone()),
+                    tag: 0,
                 };
                 entry.outbox.push(d, limits, m);
             }
@@ -815,6 +817,7 @@ impl Router for LocalRouter {
                                     retain: true,
                                     subscription_ids: subscription_id.into_iter().collect(),
                                     shared: None,
+                                    tag: 0,
                                 },
                                 &self.limits,
                                 &self.metrics,

@@ -69,6 +69,7 @@ fn restored_state() -> SessionState {
         retain: false,
         subscription_ids: vec![1],
         shared: None,
+        tag: 0,
     };
     let entry = |id, topic, qos, stage| {
         (
@@ -148,6 +149,7 @@ impl Host {
                         retain: message.retain,
                         subscription_ids: vec![1, 268_435_455],
                         shared: None,
+                        tag: 0,
                         message: Arc::new(message),
                     };
                     // Err: window full; the broker would queue it, we drop it.

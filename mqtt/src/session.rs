@@ -98,6 +98,10 @@ pub struct Delivery {
     /// The `$share/group/filter` this came through, so that the router can hand the message
     /// to another member if this one leaves before acknowledging it.
     pub shared: Option<Arc<str>>,
+    /// The host's handle for this delivery (a store key), 0 for none. The session never
+    /// interprets it; it reports non-zero tags back through [`Session::take_completed`] once the
+    /// delivery is finished with, so the host can forget what it persisted.
+    pub tag: u64,
 }
 
 /// Outbound QoS 1/2 message waiting for the client.
@@ -250,6 +254,8 @@ pub struct Session {
 
     state: SessionState,
     origin: u64,
+    /// Tags of deliveries finished with since the host last asked (see [`Delivery::tag`]).
+    completed: Vec<u64>,
 }
 
 impl Session {
@@ -279,6 +285,7 @@ impl Session {
             qos2_pending: Vec::new(),
             state: SessionState::default(),
             origin: 0,
+            completed: Vec::new(),
         }
     }
 
@@ -619,7 +626,7 @@ impl Session {
         if let Some(i) = self.state.position(r.packet_id)
             && self.state.inflight[i].1.stage == InflightStage::AwaitPubAck
         {
-            self.state.inflight.remove(i);
+            self.finish_inflight(i);
             self.events.push_back(Event::WindowOpened);
         }
         // An unknown PUBACK is ignored: it may answer a message dropped by a takeover.
@@ -636,7 +643,7 @@ impl Session {
                     }));
                 } else {
                     // [MQTT-4.3.3-?]: a failed PUBREC ends the exchange.
-                    self.state.inflight.remove(i);
+                    self.finish_inflight(i);
                     self.events.push_back(Event::WindowOpened);
                 }
             }
@@ -666,7 +673,7 @@ impl Session {
         if let Some(i) = self.state.position(r.packet_id)
             && self.state.inflight[i].1.stage == InflightStage::AwaitPubComp
         {
-            self.state.inflight.remove(i);
+            self.finish_inflight(i);
             self.events.push_back(Event::WindowOpened);
         }
     }
@@ -829,6 +836,7 @@ impl Session {
             return Err(delivery);
         }
         if delivery.message.is_expired(now) {
+            self.complete(delivery.tag);
             return Ok(());
         }
         if delivery.qos != QoS::AtMostOnce && !self.window_open() {
@@ -840,6 +848,7 @@ impl Session {
             self.state.allocate_packet_id()
         };
         if !self.write_publish(&delivery, packet_id, false, now) {
+            self.complete(delivery.tag);
             return Ok(());
         }
         if delivery.qos != QoS::AtMostOnce {
@@ -851,8 +860,28 @@ impl Session {
             self.state
                 .inflight
                 .push_back((packet_id, Inflight { delivery, stage }));
+        } else {
+            self.complete(delivery.tag);
         }
         Ok(())
+    }
+
+    /// Tags of deliveries that are finished with (acknowledged, expired or undeliverable) since
+    /// the last call. QoS 0 deliveries count as finished once written.
+    pub fn take_completed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.completed)
+    }
+
+    fn complete(&mut self, tag: u64) {
+        if tag != 0 {
+            self.completed.push(tag);
+        }
+    }
+
+    fn finish_inflight(&mut self, i: usize) {
+        if let Some((_, f)) = self.state.inflight.remove(i) {
+            self.complete(f.delivery.tag);
+        }
     }
 
     /// Take the state that outlives the connection, when the connection is over.
@@ -895,6 +924,7 @@ impl Session {
                     if !self.write_publish(&entry.delivery, packet_id, true, now) {
                         // [MQTT-3.1.2-25]: too large for this connection; discarded as if
                         // sent and acknowledged, so it must not keep a window slot.
+                        self.complete(entry.delivery.tag);
                         continue;
                     }
                 }

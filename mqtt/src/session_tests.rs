@@ -186,6 +186,7 @@ fn delivery(message: &Arc<Message>, qos: QoS) -> Delivery {
         retain: false,
         subscription_ids: Vec::new(),
         shared: None,
+        tag: 0,
     }
 }
 
@@ -1853,4 +1854,45 @@ fn long_violation_reason_is_truncated() {
         }
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+}
+
+/// Tagged deliveries come back through `take_completed` exactly when the session is finished
+/// with them: QoS 1 at PUBACK, QoS 2 at PUBCOMP (not PUBREC), expired ones at once. The host
+/// relies on this to delete what it persisted, so a tag reported early would lose a message
+/// across a crash and a tag never reported would replay it forever.
+#[test]
+fn completed_tags_follow_the_acknowledgement_flow() {
+    let mut c = connected(V5);
+    let m = message("t", b"x");
+    let tagged = |qos, tag| Delivery {
+        tag,
+        ..delivery(&m, qos)
+    };
+    assert!(c.deliver(tagged(QoS::AtLeastOnce, 11), 0).is_ok());
+    assert!(c.deliver(tagged(QoS::ExactlyOnce, 12), 0).is_ok());
+    assert!(c.deliver(tagged(QoS::AtMostOnce, 13), 0).is_ok());
+    assert_eq!(c.received().len(), 3);
+    assert_eq!(c.session.take_completed(), vec![13], "QoS 0 is done once written");
+
+    c.send(Packet::PubAck(ack(1)));
+    assert_eq!(c.session.take_completed(), vec![11]);
+    c.send(Packet::PubRec(ack(2)));
+    expect!(c.received_one(), PubRel);
+    assert!(c.session.take_completed().is_empty(), "PUBREC is not the end");
+    c.send(Packet::PubComp(ack(2)));
+    assert_eq!(c.session.take_completed(), vec![12]);
+
+    let mut expired = (*m).clone();
+    expired.expires_at = Some(c.at(1));
+    let expired = Delivery {
+        tag: 14,
+        ..delivery(&Arc::new(expired), QoS::AtLeastOnce)
+    };
+    assert!(c.deliver(expired, 2).is_ok());
+    assert!(c.raw().is_empty());
+    assert_eq!(c.session.take_completed(), vec![14]);
+    // Untagged deliveries are never reported.
+    assert!(c.deliver(delivery(&m, QoS::AtLeastOnce), 0).is_ok());
+    c.send(Packet::PubAck(ack(3)));
+    assert!(c.session.take_completed().is_empty());
 }
