@@ -11,4 +11,5 @@ pub mod health;
 pub mod metrics;
 pub mod router;
 pub mod server;
+pub mod store;
 pub mod ws;
