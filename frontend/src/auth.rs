@@ -13,10 +13,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use mqtt::{Protocol, ReasonCode};
+use rustls_pki_types::CertificateDer;
 
 /// A secret byte string: usable, but never printed.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub struct AuthRequest {
     pub data: Option<Secret>,
     pub listener_port: u16,
     pub peer: SocketAddr,
+    /// The client certificate chain, leaf first, already verified against the port's trusted
+    /// CAs during the TLS handshake. `None` without TLS or without a client certificate.
+    pub tls_chain: Option<Arc<[CertificateDer<'static>]>>,
 }
 
 /// Who the client is, for authorization and logs.

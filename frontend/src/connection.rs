@@ -23,6 +23,7 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use mqtt::session::{CloseReason, ConnectAccepted, Event, Session, SessionConfig};
 use mqtt::{Connect, QoS, ReasonCode};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
@@ -41,6 +42,15 @@ pub const LOW_WATERMARK: usize = 16 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a takeover waits for the old connection to hand its session over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// What the listener learned about a connection before MQTT started.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The client certificate chain, leaf first, as verified in the TLS handshake. `None` on a
+    /// plaintext port or when the client sent no certificate.
+    pub tls_chain: Option<Arc<[CertificateDer<'static>]>>,
+}
 
 /// What every connection on a listener shares.
 pub struct Shared {
@@ -81,6 +91,8 @@ pub struct Connection {
     session: Session,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// Passed to every authentication request (X.509 identity, re-checks).
+    tls_chain: Option<Arc<[CertificateDer<'static>]>>,
     write: Rc<RefCell<WriteState>>,
     /// Taken by `started`, which spawns the writer task.
     writer_io: Option<Box<dyn AsyncWrite + Unpin>>,
@@ -90,6 +102,21 @@ pub struct Connection {
     attachment: Option<Attachment>,
     keep_alive_timer: Option<SpawnHandle>,
     finished: bool,
+    /// QoS 1/2 acknowledgements held back until the store has committed what they promise,
+    /// in PUBLISH order ([MQTT-4.6.0-2]): a later message never overtakes an earlier one.
+    pending_acks: std::collections::VecDeque<PendingAck>,
+    /// The store failed: held acknowledgements go out as errors instead of waiting forever.
+    store_failed: bool,
+    /// Why the broker is closing this connection, for the one log line `on_closed` writes.
+    close_cause: Option<String>,
+}
+
+struct PendingAck {
+    qos: QoS,
+    packet_id: u16,
+    code: ReasonCode,
+    reason: Option<String>,
+    ticket: Option<crate::store::Ticket>,
 }
 
 #[derive(Message)]
@@ -122,7 +149,7 @@ impl ConnControl for Control {
 }
 
 impl Connection {
-    pub fn start<R, W>(reader: R, writer: W, peer: SocketAddr, shared: Arc<Shared>) -> Addr<Self>
+    pub fn start<R, W>(reader: R, writer: W, info: ConnInfo, shared: Arc<Shared>) -> Addr<Self>
     where
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
@@ -135,7 +162,8 @@ impl Connection {
         Connection {
             session,
             shared,
-            peer,
+            peer: info.peer,
+            tls_chain: info.tls_chain,
             write: Rc::new(RefCell::new(WriteState::default())),
             writer_io: Some(Box::new(writer)),
             reader_io: Some(Box::new(reader)),
@@ -144,6 +172,9 @@ impl Connection {
             attachment: None,
             keep_alive_timer: None,
             finished: false,
+            pending_acks: std::collections::VecDeque::new(),
+            store_failed: false,
+            close_cause: None,
         }
         .start()
     }
@@ -169,6 +200,7 @@ impl Connection {
             }
         }
         self.drain_outbox(now);
+        self.report_completed();
         self.flush();
         self.arm_keep_alive(ctx);
     }
@@ -181,15 +213,16 @@ impl Connection {
             return;
         }
         outbox.clear_scheduled();
-        let mut sent = 0u64;
+        let (mut sent, mut sent_bytes) = (0u64, 0u64);
         loop {
             if self.write.borrow().pending() + self.session_pending() > HIGH_WATERMARK {
                 self.write.borrow_mut().wants_wake = true;
                 break;
             }
             let Some(d) = outbox.pop() else { break };
+            let payload_len = d.message.payload.len() as u64;
             match self.session.deliver(d, now) {
-                Ok(()) => sent += 1,
+                Ok(()) => (sent, sent_bytes) = (sent + 1, sent_bytes + payload_len),
                 Err(d) => {
                     outbox.unpop(d);
                     break;
@@ -205,6 +238,56 @@ impl Connection {
                 .metrics
                 .publishes_sent
                 .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .metrics
+                .payload_bytes_sent
+                .fetch_add(sent_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Acknowledge a PUBLISH now, or once the store has committed it (and everything the
+    /// client sent before it).
+    fn acknowledge(&mut self, ack: PendingAck, ctx: &mut Context<Self>) {
+        let wait = ack.ticket.clone().filter(|t| !t.is_done());
+        self.pending_acks.push_back(ack);
+        if let Some(ticket) = wait {
+            ctx.spawn(ticket.wait().into_actor(self).map(|result, act, ctx| {
+                if result.is_err() {
+                    act.store_failed = true;
+                }
+                act.release_acks();
+                act.pump(ctx);
+            }));
+        }
+        self.release_acks();
+    }
+
+    fn release_acks(&mut self) {
+        while let Some(front) = self.pending_acks.front() {
+            let committed = front.ticket.as_ref().is_none_or(|t| t.is_done());
+            if !committed && !self.store_failed {
+                break;
+            }
+            let ack = self.pending_acks.pop_front().expect("front exists");
+            let (code, reason) = if committed {
+                (ack.code, ack.reason)
+            } else {
+                (
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    Some("the broker could not store this message".to_string()),
+                )
+            };
+            self.session.publish_done(ack.qos, ack.packet_id, code, reason);
+        }
+    }
+
+    /// Tell the router which stored deliveries the session is finished with.
+    fn report_completed(&mut self) {
+        let done = self.session.take_completed();
+        if !done.is_empty()
+            && let Some(att) = &self.attachment
+        {
+            self.shared.router.acknowledged(&att.client_id, &done);
         }
     }
 
@@ -249,10 +332,14 @@ impl Connection {
             Event::Auth(auth) => self.on_auth(auth, ctx),
             Event::Publish { message, packet_id } => {
                 let qos = message.qos;
-                let (code, reason) = if !self.shared.authorizer.may_publish(
-                    &self.principal,
-                    self.client_id(),
-                    &message.topic,
+                self.shared.metrics.publish_received(message.payload.len());
+                let mut ticket = None;
+                let (code, reason) = if !self.shared.metrics.authorization(
+                    self.shared.authorizer.may_publish(
+                        &self.principal,
+                        self.client_id(),
+                        &message.topic,
+                    ),
                 ) {
                     debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
                     (
@@ -263,10 +350,20 @@ impl Connection {
                     let outcome = self.shared.router.publish(message, now);
                     let reason = (!outcome.code.is_success())
                         .then(|| format!("message not accepted: {}", outcome.code.name()));
+                    ticket = outcome.durable;
                     (outcome.code, reason)
                 };
                 if qos != QoS::AtMostOnce {
-                    self.session.publish_done(qos, packet_id, code, reason);
+                    self.acknowledge(
+                        PendingAck {
+                            qos,
+                            packet_id,
+                            code,
+                            reason,
+                            ticket,
+                        },
+                        ctx,
+                    );
                 }
             }
             Event::Subscribe(sub) => {
@@ -276,8 +373,12 @@ impl Connection {
                     .iter()
                     .map(|(f, _)| {
                         self.shared
-                            .authorizer
-                            .may_subscribe(&self.principal, &att.client_id, f)
+                            .metrics
+                            .authorization(self.shared.authorizer.may_subscribe(
+                                &self.principal,
+                                &att.client_id,
+                                f,
+                            ))
                     })
                     .collect();
                 let codes = self.shared.router.subscribe(
@@ -287,7 +388,16 @@ impl Connection {
                     sub.properties.subscription_identifiers.first().copied(),
                     now,
                 );
-                self.session.send_suback(sub.packet_id, codes);
+                let packet_id = sub.packet_id;
+                match self.durable_wait() {
+                    None => self.session.send_suback(packet_id, codes),
+                    Some(ticket) => {
+                        ctx.spawn(ticket.wait().into_actor(self).map(move |_, act, ctx| {
+                            act.session.send_suback(packet_id, codes);
+                            act.pump(ctx);
+                        }));
+                    }
+                }
             }
             Event::Unsubscribe(unsub) => {
                 let Some(att) = &self.attachment else { return };
@@ -319,28 +429,37 @@ impl Connection {
             data: data.map(Secret),
             listener_port: self.shared.listener_port,
             peer: self.peer,
+            tls_chain: self.tls_chain.clone(),
         }
     }
 
     fn on_connect(&mut self, connect: Box<Connect>, ctx: &mut Context<Self>) {
+        // From CONNECT to CONNACK: authentication and attaching the session, takeover included.
+        let span = tracing::info_span!("mqtt.connect", client_id = %connect.client_id, protocol = ?connect.protocol, peer = %self.peer, outcome = tracing::field::Empty, session_present = tracing::field::Empty);
         let method = connect.properties.authentication_method.clone();
         let data = connect.properties.authentication_data.clone();
         self.connect = Some(connect);
         let request = self.auth_request(AuthKind::Connect, method, data);
         let fut = self.shared.authenticator.authenticate(request);
-        ctx.wait(fut.into_actor(self).map(|outcome, act, ctx| {
-            act.on_connect_outcome(outcome, ctx);
+        ctx.wait(fut.into_actor(self).map(move |outcome, act, ctx| {
+            act.shared.metrics.authentication(&outcome);
+            span.in_scope(|| act.on_connect_outcome(outcome, ctx));
         }));
     }
 
     fn on_connect_outcome(&mut self, outcome: AuthOutcome, ctx: &mut Context<Self>) {
         match outcome {
             AuthOutcome::Deny { code, reason } => {
-                info!(peer = %self.peer, client_id = self.client_id(), code = %code, "connection refused by authentication");
+                tracing::Span::current().record("outcome", "refused");
+                self.close_cause = Some(match &reason {
+                    Some(r) => format!("refused by authentication: {r}"),
+                    None => "refused by authentication".to_string(),
+                });
                 self.session.reject_connect(code, reason);
                 self.pump(ctx);
             }
             AuthOutcome::Continue { data } => {
+                tracing::Span::current().record("outcome", "continue authentication");
                 self.session
                     .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
                 self.pump(ctx);
@@ -380,11 +499,51 @@ impl Connection {
         match self.shared.router.connect(request, force, now) {
             ConnectOutcome::TakeoverPending(rx) => {
                 let wait = tokio::time::timeout(TAKEOVER_WAIT, rx);
+                let span = tracing::Span::current();
                 ctx.wait(wait.into_actor(self).map(move |_, act, ctx| {
-                    act.attach(auth_data, true, ctx);
+                    span.in_scope(|| act.attach(auth_data, true, ctx));
                 }));
             }
             ConnectOutcome::Attached(att) => {
+                let attached = (att, client_id, assigned, auth_data);
+                match self.durable_wait() {
+                    None => self.finish_attach(attached, now, ctx),
+                    Some(ticket) => {
+                        let span = tracing::Span::current();
+                        ctx.wait(ticket.wait().into_actor(self).map(move |_, act, ctx| {
+                            span.in_scope(|| act.finish_attach(attached, Instant::now(), ctx));
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// For a persistent session, the store ticket an acknowledgement must wait for (if the
+    /// store has not committed it yet).
+    fn durable_wait(&self) -> Option<crate::store::Ticket> {
+        if self.session.session_expiry() == 0 {
+            return None;
+        }
+        self.shared.router.sync_point().filter(|t| !t.is_done())
+    }
+
+    fn finish_attach(
+        &mut self,
+        (att, client_id, assigned, auth_data): (
+            crate::router::Attached,
+            String,
+            Option<String>,
+            Option<Bytes>,
+        ),
+        now: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        {
+            {
+                let span = tracing::Span::current();
+                span.record("outcome", "accepted");
+                span.record("session_present", att.session_present);
                 self.session.set_origin(att.session_id);
                 self.session.accept_connect(
                     ConnectAccepted {
@@ -425,6 +584,7 @@ impl Connection {
         );
         let fut = self.shared.authenticator.authenticate(request);
         ctx.wait(fut.into_actor(self).map(move |outcome, act, ctx| {
+            act.shared.metrics.authentication(&outcome);
             match (kind, outcome) {
                 (
                     AuthKind::Reauthenticate,
@@ -440,6 +600,10 @@ impl Connection {
                         .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
                 }
                 (AuthKind::Reauthenticate, AuthOutcome::Deny { code, reason }) => {
+                    act.close_cause = Some(match &reason {
+                        Some(r) => format!("re-authentication refused: {r}"),
+                        None => "re-authentication refused".to_string(),
+                    });
                     act.session.disconnect(code, reason, true);
                 }
                 (_, outcome) => return act.on_connect_outcome(outcome, ctx),
@@ -453,23 +617,25 @@ impl Connection {
             return;
         }
         self.finished = true;
+        self.report_completed();
         match &reason {
             CloseReason::Violation(e) => {
                 self.shared
                     .metrics
                     .protocol_violations
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(peer = %self.peer, client_id = self.client_id(), cause = %e, "disconnecting client: protocol violation");
+                self.shared.metrics.server_disconnect(e.reason_code());
+                info!(peer = %self.peer, client_id = self.client_id(), code = %e.reason_code(), cause = %e, "disconnecting client: protocol violation");
             }
             CloseReason::KeepAliveTimeout => {
-                info!(peer = %self.peer, client_id = self.client_id(), cause = "keep alive timeout", "disconnecting client");
+                let code = ReasonCode::KEEP_ALIVE_TIMEOUT;
+                self.shared.metrics.server_disconnect(code);
+                info!(peer = %self.peer, client_id = self.client_id(), code = %code, cause = "keep alive timeout", "disconnecting client");
             }
             CloseReason::Server(code) if *code != ReasonCode::SUCCESS => {
-                self.shared
-                    .metrics
-                    .server_disconnects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(peer = %self.peer, client_id = self.client_id(), cause = %code, "disconnecting client");
+                self.shared.metrics.server_disconnect(*code);
+                let cause = self.close_cause.as_deref().unwrap_or(code.name());
+                info!(peer = %self.peer, client_id = self.client_id(), code = %code, cause, "disconnecting client");
             }
             _ => {
                 debug!(peer = %self.peer, client_id = self.client_id(), ?reason, "client disconnected")
@@ -531,7 +697,7 @@ impl Actor for Connection {
         actix_rt::spawn(write_loop(writer, state, addr));
         ctx.run_later(CONNECT_TIMEOUT, |act, ctx| {
             if !act.session.is_connected() && !act.finished {
-                info!(peer = %act.peer, cause = "no CONNECT in time", "closing connection");
+                act.close_cause = Some("no CONNECT in time".to_string());
                 act.session
                     .disconnect(ReasonCode::MAXIMUM_CONNECT_TIME, None, false);
                 act.pump(ctx);
@@ -584,6 +750,7 @@ impl Handler<Wake> for Connection {
 impl Handler<Kick> for Connection {
     type Result = ();
     fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
+        self.close_cause = Some(kick.reason.clone());
         self.session.disconnect(kick.code, Some(kick.reason), true);
         self.pump(ctx);
     }
@@ -623,7 +790,13 @@ async fn write_loop(
         .await;
         match next {
             Some(chunk) => {
-                if let Err(e) = io.write_all(&chunk).await {
+                // The flush is free on TCP, but TLS and WebSocket streams may keep the tail of
+                // a write when the socket is full; unflushed, it would wait for the next chunk.
+                let written = match io.write_all(&chunk).await {
+                    Ok(()) => io.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     debug!(error = %e, "write failed");
                     break;
                 }

@@ -1,11 +1,14 @@
 //! `gatehouse`: the broker binary. Parses the command line, loads the configuration, sets up
-//! logging and runs the server inside an actix system. All behaviour lives in the library.
+//! logging and telemetry and runs the server inside an actix system. All behaviour lives in the
+//! library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use frontend::config::{Config, default_config_yaml};
+use frontend::observability::{self, LogFormat, LogOptions};
 use frontend::server::{self, RunOptions};
 
 /// Gatehouse: a clustered MQTT 3.1.1 / 5.0 broker.
@@ -37,6 +40,14 @@ struct Cli {
     )]
     data_dir: PathBuf,
 
+    /// Folder of Secrets and ConfigMaps that are not documents of the configuration, one
+    /// sub-folder per name as Kubernetes mounts them: a Manual TLS port's `secretRef: NAME` reads
+    /// NAME/tls.crt (chain, leaf first) and NAME/tls.key; an X509 method's
+    /// `trustedClientCaCert: NAME` reads every file in NAME/. Changes are picked up without a
+    /// restart. Default: <data-dir>/secrets.
+    #[arg(long, env = "GATEHOUSE_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -50,6 +61,12 @@ struct Cli {
     /// {"listener": NAME, "port": CONFIGURED, "local_addr": "IP:PORT"}. Useful with port 0.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+
+    /// Serve the admin endpoint (/metrics, /healthz, /readyz) on this address, e.g.
+    /// `127.0.0.1:0`. Overrides Broker.spec.diagnostics.metrics.prometheusPort (which listens
+    /// on 0.0.0.0:PORT). Without either there is no admin endpoint.
+    #[arg(long, env = "GATEHOUSE_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
 
     /// Worker threads serving connections (default: one per CPU).
     #[arg(long, value_name = "N")]
@@ -65,12 +82,6 @@ enum Command {
     PrintDefaultConfig,
     /// Validate a configuration and exit: 0 if valid, 2 with every problem listed if not.
     CheckConfig,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -99,19 +110,39 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&cli, config.broker.log_level.as_deref());
+    let system = actix::System::new();
+    // Inside the System's runtime: the OTLP exporters' gRPC channel is created on it, and it
+    // keeps running (driving that channel) for as long as the broker does.
+    let telemetry = system.block_on(async {
+        observability::init(&LogOptions {
+            format: cli.log_format,
+            filter: cli.log.clone(),
+            configured_level: config.broker.log_level.clone(),
+        })
+    });
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
     let options = RunOptions {
         data_dir: cli.data_dir.clone(),
+        secrets_dir: cli
+            .secrets_dir
+            .clone()
+            .unwrap_or_else(|| cli.data_dir.join("secrets")),
+        health: std::sync::Arc::new(frontend::health::Health::default()),
+        admin_listen: cli.admin_listen.or_else(|| {
+            config
+                .broker
+                .prometheus_port
+                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+        }),
         ready_file: cli.ready_file.clone(),
         workers: cli
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
-    let system = actix::System::new();
     let result = system.block_on(server::run(config, options));
+    system.block_on(telemetry.shutdown());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -119,25 +150,5 @@ fn main() -> ExitCode {
             eprintln!("gatehouse: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-fn init_logging(cli: &Cli, configured_level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match (&cli.log, configured_level) {
-        (Some(f), _) => EnvFilter::new(f),
-        (None, Some(level)) => EnvFilter::new(level),
-        (None, None) => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-        }
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mqtt::session::{Delivery, InflightStage, Message, SessionState};
 use mqtt::trie::SubscriptionTrie;
@@ -23,6 +23,7 @@ use mqtt::{QoS, ReasonCode, SubOptions, Will, topic};
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
+use crate::store::{self, Op, Store, Ticket};
 
 /// How a connection actor is reached from the router.
 pub trait ConnControl: Send + Sync {
@@ -129,19 +130,27 @@ impl Outbox {
     }
 
     fn push(&self, d: Delivery, limits: &RouterLimits, metrics: &Metrics) -> bool {
+        self.push_evicting(d, limits, metrics).0
+    }
+
+    /// Like `push`, and also says which stored delivery (tag) left the queue: the new one if
+    /// it was refused, the oldest one if it was dropped for room; 0 if none.
+    fn push_evicting(&self, d: Delivery, limits: &RouterLimits, metrics: &Metrics) -> (bool, u64) {
         let weight = d.message.weight();
+        let mut evicted = 0;
         {
             let mut q = self.queue.lock();
             if q.len() >= limits.max_queued_messages {
                 match limits.queue_strategy {
                     QueueStrategy::DropNewest => {
                         metrics.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-                        return false;
+                        return (false, d.tag);
                     }
                     QueueStrategy::DropOldest => {
                         if let Some(old) = q.pop_front() {
                             self.budget.sub(old.message.weight());
                             metrics.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                            evicted = old.tag;
                         }
                     }
                 }
@@ -151,7 +160,7 @@ impl Outbox {
             q.push_back(d);
         }
         self.notify();
-        true
+        (true, evicted)
     }
 
     fn notify(&self) {
@@ -235,6 +244,10 @@ pub struct DetachTimers {
 pub struct PublishOutcome {
     pub code: ReasonCode,
     pub matched: usize,
+    /// When set, the publisher's acknowledgement waits for it: the message is queued for a
+    /// persistent session (or retained) and the store promises durability only once the
+    /// ticket is committed.
+    pub durable: Option<Ticket>,
 }
 
 /// The seam between connection actors and message routing.
@@ -254,6 +267,12 @@ pub trait Router: Send + Sync + 'static {
         now: Instant,
     ) -> Vec<ReasonCode>;
     fn unsubscribe(&self, session_id: u64, filters: &[String]) -> Vec<ReasonCode>;
+    /// The session is finished with these delivery tags (see `Delivery::tag`).
+    fn acknowledged(&self, client_id: &str, tags: &[u64]);
+    /// A ticket covering every change made so far, when acknowledgements wait for the store
+    /// (CONNACK and SUBACK of a persistent session wait for it, so that a session or
+    /// subscription the client was told about exists after a crash).
+    fn sync_point(&self) -> Option<Ticket>;
     fn budget(&self) -> &Budget;
 }
 
@@ -274,6 +293,12 @@ struct SharedGroup {
 
 struct ClientEntry {
     client_id: String,
+    /// The client id again, shared with every store operation of this session.
+    key: Arc<str>,
+    /// The Session Expiry Interval in force; non-zero makes the session persistent.
+    session_expiry: u32,
+    /// When the last connection ended (wall clock, for the store); `None` while connected.
+    offline_since: Option<SystemTime>,
     session_id: u64,
     generation: u64,
     outbox: Arc<Outbox>,
@@ -302,9 +327,64 @@ pub struct LocalRouter {
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
     generations: AtomicU64,
+    /// Where persistent sessions and retained messages are kept; `None` = memory only.
+    store: Option<Arc<Store>>,
+}
+
+/// Timers to start for a session restored from the store, as after a detach.
+pub struct RestoredTimers {
+    pub client_id: String,
+    pub generation: u64,
+    pub timers: DetachTimers,
+}
+
+/// A message's store record, encoded at most once per PUBLISH however many persistent
+/// sessions it reaches.
+struct LazyRecord<'a> {
+    message: &'a Message,
+    record: Option<bytes::Bytes>,
+}
+
+impl LazyRecord<'_> {
+    fn get(&mut self, now: Instant) -> &bytes::Bytes {
+        let m = self.message;
+        self.record
+            .get_or_insert_with(|| store::message_record(&stored_message(m, now)))
+    }
+}
+
+fn stored_message(m: &Message, now: Instant) -> store::StoredMessage {
+    store::StoredMessage {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at: m
+            .expires_at
+            .map(|at| SystemTime::now() + at.saturating_duration_since(now)),
+    }
+}
+
+fn latest(a: Option<Ticket>, b: Ticket) -> Option<Ticket> {
+    Some(match a {
+        Some(a) => a.max(b),
+        None => b,
+    })
 }
 
 impl LocalRouter {
+    pub fn with_store(
+        limits: RouterLimits,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+    ) -> LocalRouter {
+        LocalRouter {
+            store: Some(store),
+            ..LocalRouter::new(limits, metrics)
+        }
+    }
+
     pub fn new(limits: RouterLimits, metrics: Arc<Metrics>) -> LocalRouter {
         let budget = Arc::new(Budget {
             used: AtomicUsize::new(0),
@@ -324,11 +404,226 @@ impl LocalRouter {
             budget,
             metrics,
             generations: AtomicU64::new(1),
+            store: None,
         }
+    }
+
+    fn persistent(&self, e: &ClientEntry) -> Option<&Store> {
+        self.store.as_deref().filter(|_| e.session_expiry != 0)
+    }
+
+    /// Writes the session record (subscriptions, will, expiry) if the session is persistent.
+    fn persist_session(&self, e: &ClientEntry) -> Option<Ticket> {
+        let store = self.persistent(e)?;
+        let mut subs: Vec<store::StoredSubscription> = e
+            .subscriptions
+            .iter()
+            .map(|(filter, sub)| store::StoredSubscription {
+                filter: filter.clone(),
+                options: sub.options,
+                id: sub.id,
+            })
+            .collect();
+        // Stable order keeps records comparable and restores deterministic.
+        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let will = e.will.as_ref().map(|w| store::StoredWill {
+            delay: w.properties.will_delay_interval.unwrap_or(0),
+            will: w.clone(),
+        });
+        Some(store.submit(Op::PutSession {
+            client_id: e.key.clone(),
+            record: store::session_record(e.session_expiry, e.offline_since, &subs, will.as_ref()),
+        }))
+    }
+
+    /// Queues a delivery for a session, storing it first if the session is persistent and
+    /// the delivery needs acknowledging. Returns the store ticket to wait for, if any.
+    fn enqueue(
+        &self,
+        e: &ClientEntry,
+        mut d: Delivery,
+        record: &mut LazyRecord<'_>,
+        now: Instant,
+    ) -> (bool, Option<Ticket>) {
+        let mut ticket = None;
+        if d.qos != QoS::AtMostOnce
+            && let Some(store) = self.persistent(e)
+        {
+            d.tag = store.next_seq();
+            let rec = store::delivery_record(
+                d.qos,
+                d.retain,
+                &d.subscription_ids,
+                d.shared.as_deref(),
+                record.get(now),
+            );
+            ticket = Some(store.submit(Op::Enqueue {
+                client_id: e.key.clone(),
+                seq: d.tag,
+                record: rec,
+            }));
+        }
+        let (accepted, evicted) = e.outbox.push_evicting(d, &self.limits, &self.metrics);
+        if evicted != 0
+            && let Some(store) = &self.store
+        {
+            store.submit(Op::Ack {
+                client_id: e.key.clone(),
+                seq: evicted,
+            });
+        }
+        (accepted, ticket)
+    }
+
+    /// Puts sessions and retained messages from the store back, as if every session had just
+    /// disconnected (one that was connected when the broker stopped counts as disconnected
+    /// now, and its will is due). Call once, before accepting connections.
+    pub fn restore(&self, loaded: store::Loaded, now: Instant) -> Vec<RestoredTimers> {
+        let now_wall = SystemTime::now();
+        let instant_of = |at: Option<SystemTime>| {
+            at.map(|at| match at.duration_since(now_wall) {
+                Ok(ahead) => now + ahead,
+                Err(_) => now,
+            })
+        };
+        let message_of = |m: store::StoredMessage| Message {
+            expires_at: instant_of(m.expires_at),
+            topic: m.topic,
+            payload: m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            properties: m.properties,
+            origin: 0,
+        };
+        let mut timers = Vec::new();
+        let mut due_wills = Vec::new();
+        let mut t = self.tables.lock();
+        for m in loaded.retained {
+            let m = message_of(m);
+            if !m.is_expired(now) {
+                t.retained.insert(m.topic.clone(), Arc::new(m));
+            }
+        }
+        for s in loaded.sessions {
+            let offline_for = s
+                .disconnected_at
+                .and_then(|at| now_wall.duration_since(at).ok())
+                .unwrap_or_default();
+            let remaining = if s.session_expiry == u32::MAX {
+                None
+            } else {
+                Some(u64::from(s.session_expiry).saturating_sub(offline_for.as_secs()))
+            };
+            if remaining == Some(0) {
+                // Expired while the broker was down: it ends now, with its will.
+                if let Some(store) = &self.store {
+                    store.submit(Op::DeleteSession {
+                        client_id: Arc::from(s.client_id.as_str()),
+                    });
+                }
+                if let Some(w) = s.will {
+                    due_wills.push(w.will);
+                }
+                continue;
+            }
+            let sid = t.next_session_id;
+            t.next_session_id += 1;
+            let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            let outbox = Arc::new(Outbox::new(self.budget.clone()));
+            for d in s.deliveries {
+                outbox.push(
+                    Delivery {
+                        message: Arc::new(message_of(d.message)),
+                        qos: d.qos,
+                        retain: d.retain,
+                        subscription_ids: d.subscription_ids,
+                        shared: d.shared.map(Arc::from),
+                        tag: d.seq,
+                    },
+                    &self.limits,
+                    &self.metrics,
+                );
+            }
+            let mut subscriptions = HashMap::new();
+            for sub in s.subscriptions {
+                let v = Subscription {
+                    options: sub.options,
+                    id: sub.id,
+                };
+                Self::add_subscription(&mut t, sid, &sub.filter, v);
+                subscriptions.insert(sub.filter, v);
+            }
+            let mut entry_timers = DetachTimers::default();
+            let mut will = None;
+            if let Some(w) = s.will {
+                // A will that was pending (or whose connection died with the broker) is due
+                // after what is left of its delay, never after the session ends.
+                let left = u64::from(w.delay).saturating_sub(offline_for.as_secs());
+                let left = remaining.map_or(left, |r| left.min(r));
+                if left == 0 {
+                    due_wills.push(w.will);
+                } else {
+                    entry_timers.will_after = Some(Duration::from_secs(left));
+                    will = Some(w.will);
+                }
+            }
+            entry_timers.expire_after = remaining.map(Duration::from_secs);
+            t.by_client_id.insert(s.client_id.clone(), sid);
+            t.sessions.insert(
+                sid,
+                ClientEntry {
+                    key: Arc::from(s.client_id.as_str()),
+                    client_id: s.client_id.clone(),
+                    session_expiry: s.session_expiry,
+                    offline_since: s.disconnected_at.or(Some(now_wall)),
+                    session_id: sid,
+                    generation,
+                    outbox,
+                    online: None,
+                    subscriptions,
+                    offline_state: None,
+                    will,
+                    takeover_waiters: Vec::new(),
+                },
+            );
+            let entry = t.sessions.get(&sid).expect("just inserted");
+            self.persist_session(entry);
+            timers.push(RestoredTimers {
+                client_id: s.client_id,
+                generation,
+                timers: entry_timers,
+            });
+        }
+        drop(t);
+        for will in due_wills {
+            self.publish(will_message(will, 0, now), now);
+        }
+        timers
     }
 
     pub fn retained_count(&self) -> usize {
         self.tables.lock().retained.len()
+    }
+
+    /// Gauges for metrics scrapes and exports: O(sessions + retained) under the table lock,
+    /// which is fine a few times a minute and is why nothing on a message path calls it.
+    pub fn stats(&self) -> crate::metrics::StoreStats {
+        let t = self.tables.lock();
+        let mut s = crate::metrics::StoreStats {
+            sessions: t.sessions.len(),
+            retained_messages: t.retained.len(),
+            retained_bytes: t.retained.values().map(|m| m.payload.len()).sum(),
+            queued_bytes: self.budget.used(),
+            ..Default::default()
+        };
+        for e in t.sessions.values() {
+            s.subscriptions += e.subscriptions.len();
+            if let Some(w) = &e.will {
+                s.will_messages += 1;
+                s.will_bytes += w.payload.len();
+            }
+        }
+        s
     }
 
     /// Tell every connected client to go away (shutdown). Each connection detaches itself.
@@ -357,6 +652,17 @@ impl LocalRouter {
         (entry.generation == generation && entry.online.is_none()).then_some(sid)
     }
 
+    /// Removes a session from the tables and from the store.
+    fn end_session(&self, t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
+        let entry = Self::remove_session(t, session_id)?;
+        if let Some(store) = self.persistent(&entry) {
+            store.submit(Op::DeleteSession {
+                client_id: entry.key.clone(),
+            });
+        }
+        Some(entry)
+    }
+
     fn remove_session(t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
         let entry = t.sessions.remove(&session_id)?;
         t.by_client_id.remove(&entry.client_id);
@@ -364,6 +670,37 @@ impl LocalRouter {
             Self::remove_subscription(t, session_id, filter);
         }
         Some(entry)
+    }
+
+    /// Enters a subscription in the trie or its shared group; true if it is shared.
+    fn add_subscription(t: &mut Tables, session_id: u64, filter: &str, sub: Subscription) -> bool {
+        match topic::parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let key: Arc<str> = Arc::from(group);
+                if let Some(g) = t.shared.get_mut(inner, &key) {
+                    if let Some(m) = g.members.iter_mut().find(|(id, _)| *id == session_id) {
+                        m.1 = sub;
+                    } else {
+                        g.members.push((session_id, sub));
+                    }
+                } else {
+                    t.shared.insert(
+                        inner,
+                        key,
+                        SharedGroup {
+                            name: Arc::from(filter),
+                            members: vec![(session_id, sub)],
+                            next: std::cell::Cell::new(0),
+                        },
+                    );
+                }
+                true
+            }
+            _ => {
+                t.subs.insert(filter, session_id, sub);
+                false
+            }
+        }
     }
 
     fn remove_subscription(t: &mut Tables, session_id: u64, filter: &str) {
@@ -386,7 +723,7 @@ impl LocalRouter {
     }
 
     /// Hand a shared-subscription message to another member of its group, if there is one.
-    fn redistribute(&self, t: &mut Tables, leaving: u64, d: Delivery) -> bool {
+    fn redistribute(&self, t: &mut Tables, leaving: u64, d: Delivery, now: Instant) -> bool {
         let Some(shared) = d.shared.clone() else {
             return false;
         };
@@ -407,14 +744,29 @@ impl LocalRouter {
             if let Some(e) = t.sessions.get(&id)
                 && e.online.is_some()
             {
+                // The leaving member's stored copy goes; the new member stores its own.
+                if d.tag != 0
+                    && let (Some(store), Some(old)) = (&self.store, t.sessions.get(&leaving))
+                {
+                    store.submit(Op::Ack {
+                        client_id: old.key.clone(),
+                        seq: d.tag,
+                    });
+                }
+                let message = d.message.clone();
                 // Sent in response to this member's subscription: its QoS and identifier.
                 let d = Delivery {
                     qos: sub.options.qos.min(d.message.qos),
                     retain: false,
                     subscription_ids: sub.id.into_iter().collect(),
+                    tag: 0,
                     ..d
                 };
-                return e.outbox.push(d, &self.limits, &self.metrics);
+                let mut record = LazyRecord {
+                    message: &message,
+                    record: None,
+                };
+                return self.enqueue(e, d, &mut record, now).0;
             }
         }
         false
@@ -442,6 +794,7 @@ impl Router for LocalRouter {
                 }
                 // The old connection did not let go in time: detach it by force. Its later
                 // detach carries an older generation and is ignored.
+                tracing::info!(client_id = %req.client_id, cause = "takeover: the previous connection did not close in time", "detaching the previous connection by force");
                 entry.online = None;
                 entry.outbox.set_control(None);
                 // Its will is due now unless it is delayed and the session goes on
@@ -456,7 +809,7 @@ impl Router for LocalRouter {
                 }
             }
             if req.clean_start {
-                if let Some(old) = Self::remove_session(&mut t, sid) {
+                if let Some(old) = self.end_session(&mut t, sid) {
                     // [MQTT-3.1.3-9]: a pending will delay is over when the session ends.
                     if let Some(will) = old.will {
                         drop(t);
@@ -472,6 +825,18 @@ impl Router for LocalRouter {
                 // ([MQTT-3.1.3-9]); the new connection's will replaces it.
                 entry.will = req.will;
                 entry.outbox.set_control(Some(req.control));
+                entry.offline_since = None;
+                let was_persistent = entry.session_expiry != 0;
+                entry.session_expiry = req.session_expiry;
+                if entry.session_expiry != 0 {
+                    self.persist_session(entry);
+                } else if was_persistent && let Some(store) = &self.store {
+                    // Resumed without expiry: it ends with this connection, so the stored
+                    // copy goes now ([MQTT-3.1.2-23] only keeps sessions with an interval).
+                    store.submit(Op::DeleteSession {
+                        client_id: entry.key.clone(),
+                    });
+                }
                 let restored = entry.offline_state.take();
                 let outbox = entry.outbox.clone();
                 drop(t);
@@ -495,7 +860,10 @@ impl Router for LocalRouter {
         t.sessions.insert(
             sid,
             ClientEntry {
+                key: Arc::from(req.client_id.as_str()),
                 client_id: req.client_id,
+                session_expiry: req.session_expiry,
+                offline_since: None,
                 session_id: sid,
                 generation,
                 outbox: outbox.clone(),
@@ -506,6 +874,7 @@ impl Router for LocalRouter {
                 takeover_waiters: Vec::new(),
             },
         );
+        self.persist_session(t.sessions.get(&sid).expect("just inserted"));
         ConnectOutcome::Attached(Attached {
             session_present: false,
             session_id: sid,
@@ -546,7 +915,7 @@ impl Router for LocalRouter {
         let mut kept_inflight = VecDeque::new();
         for (pid, f) in inflight {
             if f.delivery.shared.is_some() && f.stage == InflightStage::AwaitPubAck {
-                if !self.redistribute(&mut t, session_id, f.delivery.clone()) {
+                if !self.redistribute(&mut t, session_id, f.delivery.clone(), now) {
                     kept_inflight.push_back((pid, f));
                 }
             } else {
@@ -554,7 +923,7 @@ impl Router for LocalRouter {
             }
         }
         for q in queued {
-            if q.shared.is_some() && self.redistribute(&mut t, session_id, q.clone()) {
+            if q.shared.is_some() && self.redistribute(&mut t, session_id, q.clone(), now) {
                 continue;
             }
             keep.push_back(q);
@@ -564,10 +933,12 @@ impl Router for LocalRouter {
         let mut timers = DetachTimers::default();
         let mut immediate_will = None;
         if d.session_expiry == 0 {
-            Self::remove_session(&mut t, session_id);
+            self.end_session(&mut t, session_id);
             immediate_will = will;
         } else {
             let entry = t.sessions.get_mut(&sid).expect("present");
+            entry.session_expiry = d.session_expiry;
+            entry.offline_since = Some(SystemTime::now());
             for q in keep {
                 entry.outbox.push(q, &self.limits, &self.metrics);
             }
@@ -585,6 +956,7 @@ impl Router for LocalRouter {
             if d.session_expiry != u32::MAX {
                 timers.expire_after = Some(Duration::from_secs(u64::from(d.session_expiry)));
             }
+            self.persist_session(entry);
         }
         drop(t);
         if let Some(will) = immediate_will {
@@ -601,6 +973,9 @@ impl Router for LocalRouter {
         let Some(will) = t.sessions.get_mut(&sid).and_then(|e| e.will.take()) else {
             return;
         };
+        if let Some(e) = t.sessions.get(&sid) {
+            self.persist_session(e);
+        }
         drop(t);
         self.publish(will_message(will, sid, now), now);
     }
@@ -610,7 +985,7 @@ impl Router for LocalRouter {
         let Some(sid) = Self::offline_session(&t, client_id, generation) else {
             return;
         };
-        let removed = Self::remove_session(&mut t, sid);
+        let removed = self.end_session(&mut t, sid);
         drop(t);
         // A will still waiting for its delay goes out when the session ends.
         if let Some(will) = removed.and_then(|e| e.will) {
@@ -619,14 +994,14 @@ impl Router for LocalRouter {
     }
 
     fn publish(&self, message: Message, now: Instant) -> PublishOutcome {
+        // publishes_received is counted by the connection: wills come through here too, and
+        // no client sent them.
         let m = &self.metrics;
-        m.publishes_received.fetch_add(1, Ordering::Relaxed);
-        m.payload_bytes_received
-            .fetch_add(message.payload.len() as u64, Ordering::Relaxed);
         if message.is_expired(now) {
             return PublishOutcome {
                 code: ReasonCode::SUCCESS,
                 matched: 0,
+                durable: None,
             };
         }
         if self.budget.over_threshold() {
@@ -638,15 +1013,35 @@ impl Router for LocalRouter {
             return PublishOutcome {
                 code: ReasonCode::QUOTA_EXCEEDED,
                 matched: 0,
+                durable: None,
             };
         }
         let message = Arc::new(message);
+        let mut record = LazyRecord {
+            message: &message,
+            record: None,
+        };
+        let mut durable: Option<Ticket> = None;
         let mut t = self.tables.lock();
         if message.retain {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-6]: an empty retained message clears the topic.
-                t.retained.remove(&message.topic);
+                if t.retained.remove(&message.topic).is_some()
+                    && let Some(store) = &self.store
+                {
+                    let ticket = store.submit(Op::DeleteRetained {
+                        topic: message.topic.clone(),
+                    });
+                    durable = latest(durable, ticket);
+                }
             } else {
+                if let Some(store) = &self.store {
+                    let ticket = store.submit(Op::PutRetained {
+                        topic: message.topic.clone(),
+                        record: record.get(now).clone(),
+                    });
+                    durable = latest(durable, ticket);
+                }
                 // The payload is a slice of the publisher's read buffer; a retained copy may
                 // live for days, so it gets its own allocation instead of pinning that buffer.
                 let mut stored = (*message).clone();
@@ -699,7 +1094,9 @@ impl Router for LocalRouter {
                     shared: None,
                     tag: 0,
                 };
-                entry.outbox.push(d, &self.limits, m);
+                if let (_, Some(ticket)) = self.enqueue(entry, d, &mut record, now) {
+                    durable = latest(durable, ticket);
+                }
             }
         }
         t.scratch = scratch;
@@ -707,7 +1104,6 @@ impl Router for LocalRouter {
         // Shared subscriptions: each matching group gets one copy, for its next member in
         // round robin, preferring members that are online ([MQTT-4.8.2-?]).
         let sessions = &t.sessions;
-        let limits = &self.limits;
         t.shared.for_each_match(&message.topic, |_, g| {
             let n = g.members.len();
             let mut chosen = None;
@@ -736,12 +1132,16 @@ impl Router for LocalRouter {
                     shared: Some(g.name.clone()),
                     tag: 0,
                 };
-                entry.outbox.push(d, limits, m);
+                if let (_, Some(ticket)) = self.enqueue(entry, d, &mut record, now) {
+                    durable = latest(durable.take(), ticket);
+                }
             }
         });
+        let waits = self.store.as_ref().is_some_and(|s| s.acks_wait());
         PublishOutcome {
             code: ReasonCode::SUCCESS,
             matched,
+            durable: durable.filter(|_| waits),
         }
     }
 
@@ -756,10 +1156,10 @@ impl Router for LocalRouter {
         let mut t = self.tables.lock();
         let t = &mut *t;
         let mut codes = Vec::with_capacity(filters.len());
-        let Some(entry) = t.sessions.get_mut(&session_id) else {
+        if !t.sessions.contains_key(&session_id) {
             return vec![ReasonCode::UNSPECIFIED_ERROR; filters.len()];
-        };
-        let outbox = entry.outbox.clone();
+        }
+        let mut retained_for = Vec::new();
         for (i, (filter, options)) in filters.iter().enumerate() {
             if topic::validate_topic_filter(filter).is_err() {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
@@ -775,59 +1175,42 @@ impl Router for LocalRouter {
             };
             let entry = t.sessions.get_mut(&session_id).expect("checked above");
             let existed = entry.subscriptions.insert(filter.clone(), sub).is_some();
-            match topic::parse_shared(filter) {
-                Ok(Some((group, inner))) => {
-                    let key: Arc<str> = Arc::from(group);
-                    if let Some(g) = t.shared.get_mut(inner, &key) {
-                        if let Some(m) = g.members.iter_mut().find(|(id, _)| *id == session_id) {
-                            m.1 = sub;
-                        } else {
-                            g.members.push((session_id, sub));
-                        }
-                    } else {
-                        t.shared.insert(
-                            inner,
-                            key,
-                            SharedGroup {
-                                name: Arc::from(filter.as_str()),
-                                members: vec![(session_id, sub)],
-                                next: std::cell::Cell::new(0),
-                            },
-                        );
-                    }
-                    // [MQTT-3.8.4-?]: retained messages are not sent to shared subscriptions.
-                }
-                _ => {
-                    t.subs.insert(filter, session_id, sub);
-                    let send_retained = match options.retain_handling {
-                        0 => true,
-                        1 => !existed,
-                        _ => false,
-                    };
-                    if send_retained {
-                        for msg in t.retained.values() {
-                            if msg.is_expired(now) || !topic::matches(filter, &msg.topic) {
-                                continue;
-                            }
-                            // [MQTT-3.3.1-9]: retained-on-subscribe carries RETAIN = 1.
-                            outbox.push(
-                                Delivery {
-                                    message: msg.clone(),
-                                    qos: options.qos.min(msg.qos),
-                                    retain: true,
-                                    subscription_ids: subscription_id.into_iter().collect(),
-                                    shared: None,
-                                    tag: 0,
-                                },
-                                &self.limits,
-                                &self.metrics,
-                            );
-                        }
-                    }
-                }
+            let shared = Self::add_subscription(t, session_id, filter, sub);
+            // [MQTT-3.8.4-?]: retained messages are not sent to shared subscriptions.
+            let send_retained = !shared
+                && match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                retained_for.push((filter, *options));
             }
             codes.push(ReasonCode(options.qos as u8));
         }
+        let entry = t.sessions.get(&session_id).expect("checked above");
+        for (filter, options) in retained_for {
+            for msg in t.retained.values() {
+                if msg.is_expired(now) || !topic::matches(filter, &msg.topic) {
+                    continue;
+                }
+                // [MQTT-3.3.1-9]: retained-on-subscribe carries RETAIN = 1.
+                let d = Delivery {
+                    message: msg.clone(),
+                    qos: options.qos.min(msg.qos),
+                    retain: true,
+                    subscription_ids: subscription_id.into_iter().collect(),
+                    shared: None,
+                    tag: 0,
+                };
+                let mut record = LazyRecord {
+                    message: msg,
+                    record: None,
+                };
+                self.enqueue(entry, d, &mut record, now);
+            }
+        }
+        self.persist_session(entry);
         codes
     }
 
@@ -847,7 +1230,28 @@ impl Router for LocalRouter {
                 codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
+        if let Some(entry) = t.sessions.get(&session_id) {
+            self.persist_session(entry);
+        }
         codes
+    }
+
+    fn sync_point(&self) -> Option<Ticket> {
+        self.store
+            .as_ref()
+            .filter(|s| s.acks_wait())
+            .map(|s| s.barrier())
+    }
+
+    fn acknowledged(&self, client_id: &str, tags: &[u64]) {
+        let Some(store) = &self.store else { return };
+        let key: Arc<str> = Arc::from(client_id);
+        for &seq in tags {
+            store.submit(Op::Ack {
+                client_id: key.clone(),
+                seq,
+            });
+        }
     }
 
     fn budget(&self) -> &Budget {

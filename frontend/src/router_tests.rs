@@ -188,10 +188,8 @@ impl Harness {
     fn metric(&self, name: &str) -> i64 {
         self.metrics
             .snapshot()
-            .into_iter()
-            .find(|(n, _)| *n == name)
+            .value(name)
             .unwrap_or_else(|| panic!("no metric {name}"))
-            .1
     }
 }
 
@@ -1413,7 +1411,7 @@ fn queue_limits(max: usize, strategy: QueueStrategy) -> RouterLimits {
 }
 
 /// §7.4 subscriber queue limit, DropNewest: the first N stay, the rest are dropped and
-/// counted in `gatehouse_subscriber_queue_dropped_total`.
+/// counted in `gatehouse_subscriber_queue_dropped`.
 #[test]
 fn queue_limit_drop_newest_keeps_the_first_n() {
     let h = Harness::with_limits(queue_limits(3, QueueStrategy::DropNewest));
@@ -1437,7 +1435,7 @@ fn queue_limit_drop_newest_keeps_the_first_n() {
         "dropped ones are not counted"
     );
     assert_eq!(payloads(&s.drain()), ["0", "1", "2"]);
-    assert_eq!(h.metric("gatehouse_subscriber_queue_dropped_total"), 4);
+    assert_eq!(h.metric("gatehouse_subscriber_queue_dropped"), 4);
     assert_eq!(payloads(&other.drain()), ["0", "1", "2"]);
     assert_eq!(h.router.budget().used(), 0);
 
@@ -1458,7 +1456,7 @@ fn queue_limit_drop_oldest_keeps_the_newest_n() {
     for i in 0..15 {
         h.publish(&p, "t", &format!("{i:02}"), QoS::AtLeastOnce, false);
     }
-    assert_eq!(h.metric("gatehouse_subscriber_queue_dropped_total"), 5);
+    assert_eq!(h.metric("gatehouse_subscriber_queue_dropped"), 5);
     let weight = message(0, "t", "00", QoS::AtLeastOnce, false).weight();
     assert_eq!(h.router.budget().used(), 10 * weight);
 
@@ -1470,8 +1468,8 @@ fn queue_limit_drop_oldest_keeps_the_newest_n() {
 }
 
 /// Scenario 45 / §7.3: from 75% of the memory budget on, QoS 1/2 PUBLISH gets 0x97 and is
-/// counted in `gatehouse_backpressure_packets_rejected_total`; QoS 0 is dropped and counted in
-/// `gatehouse_qos0_messages_dropped_total`. Nothing of a rejected message is routed or
+/// counted in `aio_broker_backpressure_packets_rejected`; QoS 0 is dropped and counted in
+/// `aio_broker_qos0_messages_dropped`. Nothing of a rejected message is routed or
 /// retained. Draining brings the budget back down and publishing resumes.
 #[test]
 fn memory_budget_backpressure_from_75_percent() {
@@ -1500,14 +1498,14 @@ fn memory_budget_backpressure_from_75_percent() {
         h.publish(&p, "t", "x", QoS::ExactlyOnce, false).code,
         ReasonCode::QUOTA_EXCEEDED
     );
-    assert_eq!(h.metric("gatehouse_backpressure_packets_rejected_total"), 2);
-    assert_eq!(h.metric("gatehouse_qos0_messages_dropped_total"), 0);
+    assert_eq!(h.metric("aio_broker_backpressure_packets_rejected"), 2);
+    assert_eq!(h.metric("aio_broker_qos0_messages_dropped"), 0);
 
     let out = h.publish(&p, "t", "x", QoS::AtMostOnce, false);
     assert_ne!(out.code, ReasonCode::SUCCESS);
     assert_eq!(out.matched, 0);
-    assert_eq!(h.metric("gatehouse_qos0_messages_dropped_total"), 1);
-    assert_eq!(h.metric("gatehouse_backpressure_packets_rejected_total"), 2);
+    assert_eq!(h.metric("aio_broker_qos0_messages_dropped"), 1);
+    assert_eq!(h.metric("aio_broker_backpressure_packets_rejected"), 2);
 
     h.publish(&p, "r", "retained", QoS::AtLeastOnce, true);
     assert_eq!(
@@ -1715,4 +1713,234 @@ fn burst_wakes_once_until_clear_scheduled() {
     assert_eq!(s.conn.wakes(), 3);
     // The publisher was never woken: it subscribed to nothing.
     assert_eq!(p.conn.wakes(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store: what a persistent session leaves behind survives a new router on the same store
+// ---------------------------------------------------------------------------------------------
+
+mod stored {
+    use super::*;
+    use crate::store::{Durability, Store};
+
+    fn open(dir: &std::path::Path) -> (Arc<Store>, crate::store::Loaded) {
+        let (s, loaded) = Store::open(dir, Durability::Immediate).expect("store");
+        (Arc::new(s), loaded)
+    }
+
+    fn router(store: &Arc<Store>) -> LocalRouter {
+        LocalRouter::with_store(
+            RouterLimits::default(),
+            Arc::new(Metrics::default()),
+            store.clone(),
+        )
+    }
+
+    fn attach(r: &LocalRouter, id: &str, expiry: u32, will: Option<Will>) -> Attached {
+        match r.connect(
+            ConnectRequest {
+                client_id: id.into(),
+                clean_start: false,
+                session_expiry: expiry,
+                will,
+                control: Arc::new(FakeConn::default()),
+            },
+            false,
+            Instant::now(),
+        ) {
+            ConnectOutcome::Attached(a) => a,
+            ConnectOutcome::TakeoverPending(_) => panic!("takeover"),
+        }
+    }
+
+    fn detach(r: &LocalRouter, id: &str, a: &Attached, expiry: u32) {
+        r.detach(
+            Detach {
+                client_id: id.into(),
+                generation: a.generation,
+                state: SessionState::default(),
+                session_expiry: expiry,
+                publish_will: false,
+            },
+            Instant::now(),
+        );
+    }
+
+    /// A QoS 1 message queued for an offline persistent session is acknowledged to its
+    /// publisher only with a store ticket, and a new router on the same store has the session,
+    /// its subscription and the message (tagged, so the ack can delete it). Acknowledging it
+    /// removes it for good; a session without expiry is never stored.
+    #[test]
+    fn offline_queue_survives_a_new_router_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path());
+            let r = router(&store);
+            let a = attach(&r, "keep", 3600, None);
+            r.subscribe(
+                a.session_id,
+                &[("t/#".into(), opts(QoS::AtLeastOnce))],
+                &[true],
+                Some(4),
+                Instant::now(),
+            );
+            detach(&r, "keep", &a, 3600);
+            let gone = attach(&r, "gone", 0, None);
+            r.subscribe(
+                gone.session_id,
+                &[("t/#".into(), opts(QoS::AtLeastOnce))],
+                &[true],
+                None,
+                Instant::now(),
+            );
+            let out = r.publish(
+                message(99, "t/1", "m1", QoS::AtLeastOnce, false),
+                Instant::now(),
+            );
+            assert!(
+                out.durable.is_some(),
+                "a persistent subscriber makes the PUBACK wait"
+            );
+            let out0 = r.publish(
+                message(99, "t/1", "q0", QoS::AtMostOnce, false),
+                Instant::now(),
+            );
+            assert!(out0.durable.is_none(), "QoS 0 is never stored");
+            store.close();
+        }
+        let tag;
+        {
+            let (store, loaded) = open(dir.path());
+            assert_eq!(loaded.sessions.len(), 1, "only the session with an expiry");
+            let r = router(&store);
+            let timers = r.restore(loaded, Instant::now());
+            assert_eq!(timers.len(), 1);
+            assert!(timers[0].timers.expire_after.is_some());
+            let a = attach(&r, "keep", 3600, None);
+            assert!(a.session_present);
+            let queued = drain(&a.outbox);
+            let texts: Vec<&[u8]> = queued.iter().map(|d| d.message.payload.as_ref()).collect();
+            assert_eq!(
+                texts,
+                vec![&b"m1"[..]],
+                "the QoS 1 message, not the QoS 0 one"
+            );
+            assert_eq!(queued[0].subscription_ids, vec![4]);
+            tag = queued[0].tag;
+            assert_ne!(tag, 0);
+            // The restored subscription routes new messages.
+            r.publish(
+                message(99, "t/2", "m2", QoS::AtLeastOnce, false),
+                Instant::now(),
+            );
+            let next = drain(&a.outbox);
+            assert_eq!(next.len(), 1);
+            r.acknowledged("keep", &[tag, next[0].tag]);
+            store.close();
+        }
+        let (_, loaded) = open(dir.path());
+        assert!(
+            loaded.sessions[0].deliveries.is_empty(),
+            "acknowledged means deleted"
+        );
+    }
+
+    /// DropOldest evicts from the store too; clean start and expiry delete the session.
+    #[test]
+    fn evictions_and_session_ends_delete_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path());
+            let r = LocalRouter::with_store(
+                RouterLimits {
+                    max_queued_messages: 2,
+                    queue_strategy: QueueStrategy::DropOldest,
+                    ..RouterLimits::default()
+                },
+                Arc::new(Metrics::default()),
+                store.clone(),
+            );
+            let a = attach(&r, "small", 3600, None);
+            r.subscribe(
+                a.session_id,
+                &[("q".into(), opts(QoS::AtLeastOnce))],
+                &[true],
+                None,
+                Instant::now(),
+            );
+            detach(&r, "small", &a, 3600);
+            for p in ["1", "2", "3"] {
+                r.publish(message(99, "q", p, QoS::AtLeastOnce, false), Instant::now());
+            }
+            let b = attach(&r, "ends", 3600, None);
+            detach(&r, "ends", &b, 60);
+            r.expire_session("ends", b.generation, Instant::now());
+            store.close();
+        }
+        let (_, loaded) = open(dir.path());
+        assert_eq!(loaded.sessions.len(), 1, "the expired session is gone");
+        let payloads: Vec<&[u8]> = loaded.sessions[0]
+            .deliveries
+            .iter()
+            .map(|d| d.message.payload.as_ref())
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![&b"2"[..], &b"3"[..]],
+            "the oldest was dropped"
+        );
+    }
+
+    /// Retained messages are stored and cleared; a will pending when the broker stopped is
+    /// published at restore, to subscribers restored with it.
+    #[test]
+    fn retained_and_pending_wills_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path());
+            let r = router(&store);
+            r.publish(
+                message(99, "r/a", "A", QoS::AtLeastOnce, true),
+                Instant::now(),
+            );
+            r.publish(
+                message(99, "r/b", "B", QoS::AtLeastOnce, true),
+                Instant::now(),
+            );
+            r.publish(
+                message(99, "r/b", "", QoS::AtLeastOnce, true),
+                Instant::now(),
+            );
+            let w = attach(&r, "watcher", 3600, None);
+            r.subscribe(
+                w.session_id,
+                &[("wills/#".into(), opts(QoS::AtLeastOnce))],
+                &[true],
+                None,
+                Instant::now(),
+            );
+            detach(&r, "watcher", &w, 3600);
+            let mut will = Will {
+                topic: "wills/x".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            };
+            will.properties.will_delay_interval = Some(0);
+            // Connected when the "crash" happens: its will is in its session record.
+            let _dying = attach(&r, "dying", 3600, Some(will));
+            store.close();
+        }
+        let (store, loaded) = open(dir.path());
+        let r = router(&store);
+        r.restore(loaded, Instant::now());
+        assert_eq!(r.retained_count(), 1);
+        let w = attach(&r, "watcher", 3600, None);
+        let got: Vec<Bytes> = drain(&w.outbox)
+            .iter()
+            .map(|d| d.message.payload.clone())
+            .collect();
+        assert_eq!(got, vec![Bytes::from_static(b"bye")]);
+    }
 }

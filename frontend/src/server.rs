@@ -1,8 +1,14 @@
 //! Listeners and the broker's lifetime: bind every configured port, accept connections, hand
 //! each one to a connection actor on one of the worker arbiters, and shut down gracefully.
 //!
-//! This module does no MQTT. It turns a validated [`Config`] into running listeners and
-//! reports where they listen (the ready file), so tests and supervisors can find port-0 binds.
+//! The accept loop only accepts and picks a worker; the TLS handshake and the WebSocket upgrade
+//! run on that worker, so a slow or hostile handshake never delays other accepts. A TLS port
+//! whose certificate is not there yet is bound (it is in the ready file) but closes every
+//! connection at once until [`crate::tls`] has a configuration for it.
+//!
+//! This module does no MQTT and no certificate handling. It turns a validated [`Config`] into
+//! running listeners and reports where they listen (the ready file), so tests and supervisors
+//! can find port-0 binds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,26 +18,40 @@ use std::time::Duration;
 
 use actix::Arbiter;
 use mqtt::session::SessionConfig;
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
 
 use crate::auth::AllowAll;
 use crate::config::{ClientLimits, Config, ListenerProtocol};
-use crate::connection::{Connection, Shared};
+use crate::connection::{ConnInfo, Connection, Shared};
+use crate::health::{Health, PortState};
 use crate::metrics::Metrics;
 use crate::router::{LocalRouter, QueueStrategy, RouterLimits};
+use crate::tls::{self, ConfigSlot, PortTls, TlsEnv};
 
 /// Everything `run` needs besides the configuration.
 pub struct RunOptions {
     pub data_dir: PathBuf,
+    /// Where Secrets and ConfigMaps that are not documents of the configuration are read from,
+    /// one folder per name (`<secrets-dir>/NAME/tls.crt`), the way Kubernetes mounts them.
+    pub secrets_dir: PathBuf,
     /// Written once every listener is bound: one JSON object per line,
     /// `{"listener":..,"port":..,"local_addr":..}`.
     pub ready_file: Option<PathBuf>,
     pub workers: usize,
+    /// Which ports serve and which wait (for a certificate); `run` keeps it current and the
+    /// readiness endpoint reads it.
+    pub health: Arc<Health>,
+    /// Where the admin endpoint (`/metrics`, `/healthz`, `/readyz`) listens; `None` serves none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("listener {listener:?} spec.ports[{index}]: cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -39,15 +59,20 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener {listener:?} spec.ports[{index}]: {what} is not supported by this build yet")]
-    Unsupported {
+    #[error("listener {listener:?} spec.ports[{index}].{source}")]
+    Tls {
         listener: String,
         index: usize,
-        what: &'static str,
+        source: tls::SetupError,
     },
     #[error("data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin endpoint (prometheusPort / --admin-listen): cannot bind {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("ready file {path}: {source}")]
@@ -85,6 +110,57 @@ pub fn router_limits(limits: &ClientLimits) -> RouterLimits {
     }
 }
 
+/// The router, on the embedded store unless persistence is disabled. Sessions and retained
+/// messages in the store are restored, and their will and expiry timers started, before any
+/// listener accepts a connection.
+fn open_router(
+    config: &Config,
+    options: &RunOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<LocalRouter>, Option<Arc<crate::store::Store>>), ServerError> {
+    use crate::config::Persistence;
+    use crate::store::{Durability, Store};
+    let limits = router_limits(&config.broker.limits);
+    let durability = match config.broker.persistence {
+        Persistence::Disabled => {
+            info!("persistence disabled: sessions and retained messages live in memory only");
+            return Ok((Arc::new(LocalRouter::new(limits, metrics.clone())), None));
+        }
+        Persistence::Immediate => Durability::Immediate,
+        Persistence::Periodic {
+            flush_interval_millis,
+        } => Durability::Periodic(Duration::from_millis(u64::from(flush_interval_millis))),
+    };
+    let (store, loaded) = Store::open(&options.data_dir, durability)?;
+    let store = Arc::new(store);
+    let router = Arc::new(LocalRouter::with_store(
+        limits,
+        metrics.clone(),
+        store.clone(),
+    ));
+    for restored in router.restore(loaded, std::time::Instant::now()) {
+        let fire = |delay: Duration, what: fn(&LocalRouter, &str, u64)| {
+            let router = router.clone();
+            let (id, generation) = (restored.client_id.clone(), restored.generation);
+            actix_rt::spawn(async move {
+                tokio::time::sleep(delay).await;
+                what(&router, &id, generation);
+            });
+        };
+        if let Some(delay) = restored.timers.will_after {
+            fire(delay, |r, id, g| {
+                crate::router::Router::fire_will(r, id, g, std::time::Instant::now())
+            });
+        }
+        if let Some(delay) = restored.timers.expire_after {
+            fire(delay, |r, id, g| {
+                crate::router::Router::expire_session(r, id, g, std::time::Instant::now())
+            });
+        }
+    }
+    Ok((router, Some(store)))
+}
+
 /// Run the broker until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ServerError::DataDir {
@@ -93,28 +169,17 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     })?;
     let limits = &config.broker.limits;
     let metrics = Arc::new(Metrics::default());
-    let router = Arc::new(LocalRouter::new(router_limits(limits), metrics.clone()));
+    let (router, store) = open_router(&config, &options, &metrics)?;
+    crate::observability::register_metrics(&metrics, &router);
     let workers: Vec<Arbiter> = (0..options.workers.max(1))
         .map(|_| Arbiter::new())
         .collect();
     let workers = Arc::new(workers);
 
+    let tls_env = TlsEnv::new(options.secrets_dir.clone(), options.data_dir.clone());
+    let documents = tls::Documents::from(&config);
     let mut bound = Vec::new();
     for port in &config.listeners {
-        if port.tls.is_some() {
-            return Err(ServerError::Unsupported {
-                listener: port.listener.clone(),
-                index: port.index,
-                what: "tls",
-            });
-        }
-        if port.protocol != ListenerProtocol::Mqtt {
-            return Err(ServerError::Unsupported {
-                listener: port.listener.clone(),
-                index: port.index,
-                what: "protocol WebSockets",
-            });
-        }
         if port.authentication_ref.is_some() || port.authorization_ref.is_some() {
             warn!(
                 listener = %port.listener,
@@ -132,7 +197,35 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
                 source,
             })?;
         let local = listener.local_addr().expect("bound socket has an address");
-        info!(listener = %port.listener, %local, "listening for MQTT");
+        let tls = match &port.tls {
+            None => {
+                options
+                    .health
+                    .set(&port.listener, local.port(), PortState::Serving);
+                None
+            }
+            Some(_) => Some(
+                PortTls::new(
+                    port,
+                    local.port(),
+                    &documents,
+                    &tls_env,
+                    options.health.clone(),
+                )
+                .map_err(|source| ServerError::Tls {
+                    listener: port.listener.clone(),
+                    index: port.index,
+                    source,
+                })?,
+            ),
+        };
+        info!(
+            listener = %port.listener,
+            %local,
+            protocol = ?port.protocol,
+            tls = tls.is_some(),
+            "listening for MQTT"
+        );
         let shared = Arc::new(Shared {
             router: router.clone(),
             authenticator: Arc::new(AllowAll),
@@ -141,19 +234,46 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             session_config: session_config(limits),
             listener_port: local.port(),
         });
-        bound.push((port.listener.clone(), port.port, local, listener, shared));
+        let endpoint = Endpoint {
+            protocol: port.protocol,
+            tls: tls.as_ref().map(PortTls::slot),
+            shared,
+        };
+        bound.push((
+            port.listener.clone(),
+            port.port,
+            local,
+            listener,
+            endpoint,
+            tls,
+        ));
     }
 
+    let admin = match options.admin_listen {
+        Some(addr) => Some((
+            addr.port(),
+            crate::observability::start_admin(addr, metrics.clone(), options.health.clone())
+                .await
+                .map_err(|source| ServerError::AdminBind { addr, source })?,
+        )),
+        None => None,
+    };
+
     if let Some(path) = &options.ready_file {
-        let lines: String = bound
+        let mut lines: String = bound
             .iter()
-            .map(|(name, port, local, _, _)| {
+            .map(|(name, port, local, ..)| {
                 format!(
                     "{}\n",
                     serde_json::json!({"listener": name, "port": port, "local_addr": local.to_string()})
                 )
             })
             .collect();
+        // Last, so that the first line stays the first MQTT port.
+        if let Some((port, local)) = admin {
+            let line = serde_json::json!({"listener": "admin", "port": port, "local_addr": local.to_string()});
+            lines.push_str(&format!("{line}\n"));
+        }
         // Write then rename, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, lines)
@@ -164,15 +284,22 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             })?;
     }
 
-    let mut accept_tasks = Vec::new();
-    for (_, _, _, listener, shared) in bound {
+    let mut tasks = Vec::new();
+    for (_, _, _, listener, endpoint, tls) in bound {
         let workers = workers.clone();
-        accept_tasks.push(actix_rt::spawn(accept_loop(listener, shared, workers)));
+        tasks.push(actix_rt::spawn(accept_loop(
+            listener,
+            Arc::new(endpoint),
+            workers,
+        )));
+        if let Some(tls) = tls {
+            tasks.push(actix_rt::spawn(tls.watch()));
+        }
     }
 
     shutdown_signal().await;
     info!("shutting down: no new connections; telling clients the server is going away");
-    for t in &accept_tasks {
+    for t in &tasks {
         t.abort();
     }
     router.kick_all(mqtt::ReasonCode::SERVER_SHUTTING_DOWN);
@@ -186,11 +313,23 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     for w in workers.iter() {
         w.stop();
     }
+    if let Some(store) = store {
+        // Commit and flush what the last connections left behind before exiting.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
     info!("stopped");
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, workers: Arc<Vec<Arbiter>>) {
+/// What the accept path needs to know about one port.
+struct Endpoint {
+    protocol: ListenerProtocol,
+    /// `Some` on a TLS port; empty while the port waits for its certificate.
+    tls: Option<ConfigSlot>,
+    shared: Arc<Shared>,
+}
+
+async fn accept_loop(listener: TcpListener, endpoint: Arc<Endpoint>, workers: Arc<Vec<Arbiter>>) {
     let mut next = 0usize;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -202,8 +341,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, workers: Arc<Ve
                 continue;
             }
         };
+        // Read once per connection, so a reload applies to the next handshake only.
+        let tls = match &endpoint.tls {
+            None => None,
+            Some(slot) => match slot.current() {
+                Some(config) => Some(config),
+                None => {
+                    // Waiting for a certificate (logged once by the TLS watcher): refuse.
+                    debug!(%peer, "closing connection: the port has no server certificate yet");
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let endpoint = endpoint.clone();
         let worker = &workers[next % workers.len()];
         next = next.wrapping_add(1);
         let std_stream = match stream.into_std() {
@@ -215,15 +366,75 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, workers: Arc<Ve
         };
         // The socket moves to the worker's runtime; it must be registered there.
         worker.spawn(async move {
-            match tokio::net::TcpStream::from_std(std_stream) {
-                Ok(stream) => {
-                    let (r, w) = stream.into_split();
-                    Connection::start(r, w, peer, shared);
-                }
+            match TcpStream::from_std(std_stream) {
+                Ok(stream) => serve(stream, peer, tls, &endpoint).await,
                 Err(e) => warn!(error = %e, "could not register the connection"),
             }
         });
     }
+}
+
+/// On a worker: TLS handshake, WebSocket upgrade, then the connection actor. Failures are the
+/// client's problem (or a scanner's), so they are logged at debug and only close the socket.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+    endpoint: &Endpoint,
+) {
+    let Some(config) = tls else {
+        let info = ConnInfo {
+            peer,
+            tls_chain: None,
+        };
+        match endpoint.protocol {
+            ListenerProtocol::Mqtt => {
+                // Owned halves: no lock between reader and writer on the common path.
+                let (r, w) = stream.into_split();
+                Connection::start(r, w, info, endpoint.shared.clone());
+            }
+            ListenerProtocol::WebSockets => upgrade_and_start(stream, info, endpoint).await,
+        }
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, timeout = ?tls::HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            return;
+        }
+    };
+    // Verified by the port's client verifier during the handshake; owned so it outlives it.
+    let tls_chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect());
+    let info = ConnInfo { peer, tls_chain };
+    match endpoint.protocol {
+        ListenerProtocol::Mqtt => start(stream, info, endpoint),
+        ListenerProtocol::WebSockets => upgrade_and_start(stream, info, endpoint).await,
+    }
+}
+
+async fn upgrade_and_start<S>(stream: S, info: ConnInfo, endpoint: &Endpoint)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match crate::ws::accept(stream).await {
+        Ok(stream) => start(stream, info, endpoint),
+        Err(e) => debug!(peer = %info.peer, error = %e, "WebSocket upgrade failed"),
+    }
+}
+
+fn start<S: AsyncRead + AsyncWrite + 'static>(stream: S, info: ConnInfo, endpoint: &Endpoint) {
+    let (r, w) = tokio::io::split(stream);
+    Connection::start(r, w, info, endpoint.shared.clone());
 }
 
 async fn shutdown_signal() {

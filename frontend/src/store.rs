@@ -61,18 +61,31 @@ pub enum Durability {
 /// One change to the stored state, in the order the router made it.
 #[derive(Debug)]
 pub enum Op {
-    PutSession { client_id: Arc<str>, record: Bytes },
+    PutSession {
+        client_id: Arc<str>,
+        record: Bytes,
+    },
     /// Removes the session record and every delivery of the session.
-    DeleteSession { client_id: Arc<str> },
+    DeleteSession {
+        client_id: Arc<str>,
+    },
     Enqueue {
         client_id: Arc<str>,
         seq: u64,
         record: Bytes,
     },
     /// The delivery is finished with (acknowledged, expired, dropped or moved).
-    Ack { client_id: Arc<str>, seq: u64 },
-    PutRetained { topic: String, record: Bytes },
-    DeleteRetained { topic: String },
+    Ack {
+        client_id: Arc<str>,
+        seq: u64,
+    },
+    PutRetained {
+        topic: String,
+        record: Bytes,
+    },
+    DeleteRetained {
+        topic: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +109,13 @@ struct Progress {
     failed: bool,
 }
 
+type OpSender = mpsc::Sender<(u64, Op)>;
+
 /// The handle the router holds.
 pub struct Store {
     /// Tickets are numbered under this lock so that channel order equals ticket order; the
     /// writer may then publish "committed up to N" without gaps.
-    sender: Mutex<(u64, Option<mpsc::Sender<(u64, Op)>>)>,
+    sender: Mutex<(u64, Option<OpSender>)>,
     progress: watch::Receiver<Progress>,
     next_seq: std::sync::atomic::AtomicU64,
     durability: Durability,
@@ -257,6 +272,14 @@ impl Store {
         }
         Ticket {
             n,
+            progress: self.progress.clone(),
+        }
+    }
+
+    /// A ticket covering everything submitted so far.
+    pub fn barrier(&self) -> Ticket {
+        Ticket {
+            n: self.sender.lock().0,
             progress: self.progress.clone(),
         }
     }
@@ -451,7 +474,10 @@ fn load(db: &redb::Database, path: &Path) -> Result<(Loaded, u64), StoreError> {
         session.deliveries.push(d);
     }
     if orphans > 0 {
-        warn!(orphans, "store holds deliveries of unknown sessions; ignoring them");
+        warn!(
+            orphans,
+            "store holds deliveries of unknown sessions; ignoring them"
+        );
     }
     let mut retained = Vec::new();
     for row in txn
@@ -721,11 +747,11 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str, payload: &'static [u8], qos: QoS) -> StoredMessage {
-        let mut properties = mqtt::Properties::default();
-        properties.content_type = Some("text/plain".into());
-        properties
-            .user_properties
-            .push(("k".to_string(), "v".to_string()));
+        let properties = mqtt::Properties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".to_string(), "v".to_string())],
+            ..Default::default()
+        };
         StoredMessage {
             topic: topic.into(),
             payload: Bytes::from_static(payload),
@@ -757,9 +783,11 @@ mod tests {
         assert_eq!(back.shared.as_deref(), Some("$share/g/a/#"));
         assert_eq!(back.message, m);
 
-        let mut will_props = mqtt::Properties::default();
-        will_props.will_delay_interval = Some(30);
-        will_props.message_expiry_interval = Some(60);
+        let will_props = mqtt::Properties {
+            will_delay_interval: Some(30),
+            message_expiry_interval: Some(60),
+            ..Default::default()
+        };
         let will = StoredWill {
             will: Will {
                 topic: "w".into(),
@@ -851,7 +879,11 @@ mod tests {
             s.close();
         }
         let (s, loaded) = store(dir.path());
-        assert_eq!(loaded.sessions.len(), 1, "c2 was deleted with its deliveries");
+        assert_eq!(
+            loaded.sessions.len(),
+            1,
+            "c2 was deleted with its deliveries"
+        );
         let c1 = &loaded.sessions[0];
         assert_eq!(c1.client_id, "c1");
         let seqs: Vec<u64> = c1.deliveries.iter().map(|d| d.seq).collect();

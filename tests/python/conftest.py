@@ -128,3 +128,27 @@ def broker_with(request, tmp_path):
     yield start
     for b in started:
         b.stop()
+
+
+WS_LISTENERS = """\
+apiVersion: gatehouse.io/v1
+kind: BrokerListener
+metadata: {name: default}
+spec:
+  ports:
+    - {port: 0, host: 127.0.0.1, protocol: WebSockets}
+    - {port: 0, host: 127.0.0.1}
+"""
+
+
+@pytest.fixture
+def ws_broker(request, tmp_path):
+    """A broker with a WebSocket port first (`.host`/`.port`, MQTT on path /mqtt) and a plain
+    MQTT port second (`.tcp_port`), both on loopback and sharing one router."""
+    b = Broker(tmp_path, WS_LISTENERS)
+    request.node._gatehouse = b
+    lines = [l for l in (tmp_path / "ready.jsonl").read_text().splitlines() if l.strip()]
+    assert len(lines) == 2, f"expected two ports in the ready file, got {lines}"
+    b.tcp_port = int(json.loads(lines[1])["local_addr"].rsplit(":", 1)[1])
+    yield b
+    b.stop()

@@ -6,7 +6,6 @@
 //! `cargo build -p frontend --bin gatehouse` first (cargo builds binaries only for the package
 //! whose tests run, and this crate is not `frontend`).
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -98,6 +97,11 @@ pub struct Broker {
     child: Option<Child>,
     dir: TempDir,
     ports: Vec<ReadyPort>,
+    /// The command line after `--config PATH`, kept so that `restart` runs the same broker.
+    config: PathBuf,
+    extra_args: Vec<String>,
+    /// Extra environment variables for the broker process (e.g. `OTEL_*`).
+    envs: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -119,15 +123,25 @@ impl Broker {
 
     /// [`Broker::start`] with extra command-line arguments.
     pub fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Broker {
-        Broker::launch(&[("config.yaml", config_yaml)], false, extra_args)
+        Broker::launch(&[("config.yaml", config_yaml)], false, extra_args, &[])
+    }
+
+    /// [`Broker::start_with_args`] with extra environment variables.
+    pub fn start_with_env(config_yaml: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> Broker {
+        Broker::launch(&[("config.yaml", config_yaml)], false, extra_args, envs)
     }
 
     /// Start with `--config FOLDER`, the folder holding `files` as (name, content).
     pub fn start_with_config_folder(files: &[(&str, &str)]) -> Broker {
-        Broker::launch(files, true, &[])
+        Broker::launch(files, true, &[], &[])
     }
 
-    fn launch(files: &[(&str, &str)], as_folder: bool, extra_args: &[&str]) -> Broker {
+    fn launch(
+        files: &[(&str, &str)],
+        as_folder: bool,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-e2e-")
             .tempdir()
@@ -142,31 +156,77 @@ impl Broker {
         } else {
             config_dir.join(files[0].0)
         };
-        let ready = dir.path().join("ready.jsonl");
-        let log = File::create(dir.path().join("broker.log")).expect("create log file");
-        let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout file");
+        let mut broker = Broker {
+            child: None,
+            dir,
+            ports: Vec::new(),
+            config,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Start the process (again) on the same configuration, data directory and arguments, and
+    /// wait until it listens. Its log is appended to the same file.
+    fn spawn(&mut self) {
+        let ready = self.dir.path().join("ready.jsonl");
+        let _ = std::fs::remove_file(&ready);
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .expect("open log file")
+        };
+        let (log, stdout) = (open("broker.log"), open("stdout.log"));
         let child = Command::new(gatehouse_bin())
             .arg("--config")
-            .arg(&config)
+            .arg(&self.config)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .arg("--ready-file")
             .arg(&ready)
             // Two workers whatever the machine, so connection placement varies like in production.
-            .args(["--workers", "2", "--log", "info"])
-            .args(extra_args)
+            .args(["--workers", "2"])
+            // `info` unless the test chose a filter (clap refuses a repeated `--log`).
+            .args(if self.extra_args.iter().any(|a| a == "--log") {
+                &[][..]
+            } else {
+                &["--log", "info"][..]
+            })
+            .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", gatehouse_bin()));
-        let mut broker = Broker {
-            child: Some(child),
-            dir,
-            ports: Vec::new(),
-        };
-        broker.ports = broker.wait_ready(&ready);
-        broker
+        self.child = Some(child);
+        self.ports = self.wait_ready(&ready);
+    }
+
+    /// `kill -9` the broker (no chance to flush anything) and wait until it is gone.
+    pub fn kill9(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        self.child = None;
+    }
+
+    /// Start the broker again after `kill9` or `terminate`, on the same data directory. The
+    /// listening ports change (they are OS-assigned): read `addr()` again.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart() after kill9() or terminate()"
+        );
+        self.spawn();
     }
 
     fn wait_ready(&mut self, ready: &Path) -> Vec<ReadyPort> {
@@ -226,6 +286,11 @@ impl Broker {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The broker's `--data-dir` (the local CA's `ca.crt` is written there).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Everything the broker has logged so far (its stderr).

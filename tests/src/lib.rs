@@ -8,9 +8,11 @@
 
 pub mod broker;
 pub mod mosquitto;
+pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod rumqtt;
+pub mod ws;
 
 pub use broker::{Broker, ReadyPort, broker_config, gatehouse_bin};
 pub use raw::{RawClient, Recv};

@@ -36,9 +36,14 @@ pub fn available() -> bool {
 
 /// Run `mosquitto_pub -h HOST -p PORT ARGS...` to completion.
 pub fn mosquitto_pub(broker: &Broker, args: &[&str]) -> Output {
+    mosquitto_pub_at(&broker.host(), broker.port(), args)
+}
+
+/// [`mosquitto_pub`] against any address, e.g. `localhost` and a TLS port, where the host name
+/// must match the server certificate.
+pub fn mosquitto_pub_at(host: &str, port: u16, args: &[&str]) -> Output {
     let mut cmd = Command::new("mosquitto_pub");
-    cmd.args(["-h", &broker.host(), "-p", &broker.port().to_string()])
-        .args(args);
+    cmd.args(["-h", host, "-p", &port.to_string()]).args(args);
     process::run(&mut cmd, PUB_TIMEOUT)
 }
 
@@ -78,11 +83,16 @@ pub fn mosquitto_sub_spawn_fmt(broker: &Broker, format: &str, args: &[&str]) -> 
 
 /// Start mosquitto_sub without waiting for its SUBACK (for runs expected to fail).
 pub fn mosquitto_sub_spawn_nowait(broker: &Broker, format: &str, args: &[&str]) -> Sub {
+    mosquitto_sub_spawn_at(&broker.host(), broker.port(), format, args)
+}
+
+/// [`mosquitto_sub_spawn_nowait`] against any address (see [`mosquitto_pub_at`]).
+pub fn mosquitto_sub_spawn_at(host: &str, port: u16, format: &str, args: &[&str]) -> Sub {
     // mosquitto_sub block-buffers stdout into a pipe; line buffering lets us see the SUBACK
     // and each message as it happens.
     let mut cmd = Command::new("stdbuf");
     cmd.args(["-oL", "mosquitto_sub"])
-        .args(["-h", &broker.host(), "-p", &broker.port().to_string()])
+        .args(["-h", host, "-p", &port.to_string()])
         // -d prints protocol events, which is how we see the SUBACK.
         .args(["-d", "-W", &SUB_TIMEOUT_SECS.to_string()])
         .args(["-F", &format!("{MARK}{format}")])

@@ -16,7 +16,7 @@ use mqtt::{
     ConnAck, Connect, Disconnect, Packet, Properties, Protocol, PubResp, Publish, QoS, ReasonCode,
     SubAck, SubOptions, Subscribe, Will,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::WAIT;
@@ -39,8 +39,13 @@ pub enum Recv {
     Invalid(String),
 }
 
+/// A byte stream a [`RawClient`] can run over: TCP, or a wrapper such as
+/// [`crate::ws::WsTransport`].
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     buf: BytesMut,
     /// Decides how incoming packets are decoded; set by `connect`.
     pub protocol: Protocol,
@@ -110,8 +115,13 @@ impl RawClient {
             .expect("TCP connect timed out")
             .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
+        RawClient::over(stream)
+    }
+
+    /// A client over an already open byte stream; sends nothing yet.
+    pub fn over(stream: impl Transport + 'static) -> RawClient {
         RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             protocol: Protocol::V5,
             next_packet_id: 1,
@@ -120,11 +130,16 @@ impl RawClient {
 
     /// Connect and return the CONNACK, whatever its code.
     pub async fn connect(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
-        let mut c = RawClient::tcp(addr).await;
-        c.protocol = connect.protocol;
-        c.send(&Packet::Connect(Box::new(connect))).await;
-        match c.recv().await {
-            Packet::ConnAck(ack) => (c, ack),
+        RawClient::tcp(addr).await.connect_on(connect).await
+    }
+
+    /// Send CONNECT on a client that has sent nothing yet and return the CONNACK, whatever its
+    /// code.
+    pub async fn connect_on(mut self, connect: Connect) -> (RawClient, ConnAck) {
+        self.protocol = connect.protocol;
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Packet::ConnAck(ack) => (self, ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }

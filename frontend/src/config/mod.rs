@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 pub use limits::{ClientLimits, QueueLimit};
 pub use resources::{
+    PersistenceDurability, PersistenceSpec,
     BackpressureHandling, BrokerListenerSpec, BrokerSpec, ConfigMapResource, ListenerProtocol,
     MemoryProfile, QueueStrategy, SecretResource, ServiceType,
 };
@@ -96,8 +97,18 @@ pub struct BrokerSettings {
     /// frontends and backends talk over the network.
     pub encrypt_internal_traffic: bool,
     pub high_priority_backpressure: BackpressureHandling,
-    /// The spec as written, for the parts not resolved above (persistence, traces, ...).
+    /// How the embedded store commits (`spec.persistence`).
+    pub persistence: Persistence,
+    /// The spec as written, for the parts not resolved above (traces, ...).
     pub spec: BrokerSpec,
+}
+
+/// The resolved `Broker.spec.persistence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    Disabled,
+    Immediate,
+    Periodic { flush_interval_millis: u32 },
 }
 
 /// `Broker.spec.cardinality` with its defaults filled in.

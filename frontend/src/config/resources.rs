@@ -189,7 +189,36 @@ pub struct BrokerSpec {
     pub disk_backed_message_buffer: Option<Value>,
     pub generate_resource_limits: Option<Value>,
     pub high_priority_messages_backpressure_handling: Option<BackpressureHandling>,
-    pub persistence: Option<Value>,
+    pub persistence: Option<PersistenceSpec>,
+}
+
+/// `Broker.spec.persistence`. The AIO fields (maxSize, per-kind modes, encryption, volume
+/// claims) are accepted and kept; Gatehouse's own `durability` and `flushIntervalMillis` say
+/// how the embedded store commits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PersistenceSpec {
+    pub max_size: Option<String>,
+    pub persistent_volume_claim_spec: Option<Value>,
+    pub retain: Option<Value>,
+    pub state_store: Option<Value>,
+    pub subscriber_queue: Option<Value>,
+    pub encryption: Option<Value>,
+    /// Gatehouse extension: `Immediate` (default), `Periodic` or `Disabled`.
+    pub durability: Option<PersistenceDurability>,
+    /// Gatehouse extension: with `durability: Periodic`, the longest time between flushes.
+    pub flush_interval_millis: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum PersistenceDurability {
+    /// A QoS 1/2 PUBLISH is acknowledged after the store flushed it to disk (fsync).
+    #[default]
+    Immediate,
+    /// Acknowledged at once; flushed at least every `flushIntervalMillis`.
+    Periodic,
+    /// Nothing is written: sessions and retained messages live in memory only.
+    Disabled,
 }
 
 /// Memory profiles bound PUBLISH traffic only (broker-spec.md §7.3); sessions and subscriptions

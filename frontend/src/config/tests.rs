@@ -52,9 +52,20 @@ fn with_clients(clients: &str) -> String {
 // ---- the embedded default -----------------------------------------------------------------
 
 #[test]
-fn embedded_default_listens_on_0_0_0_0_1883() {
+fn embedded_default_listens_on_0_0_0_0_1883_and_8883_with_tls() {
     let config = Config::embedded_default();
-    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners.len(), 2);
+    let tls = &config.listeners[1];
+    assert_eq!(tls.socket_addr(), "0.0.0.0:8883".parse().unwrap());
+    assert_eq!((tls.listener.as_str(), tls.index), ("default", 1));
+    assert_eq!(tls.protocol, ListenerProtocol::Mqtt);
+    assert!(matches!(
+        tls.tls,
+        Some(TlsConfig::Automatic {
+            cert_manager_certificate_spec: None
+        })
+    ));
+    assert!(tls.authentication_ref.is_none());
     let port = &config.listeners[0];
     assert_eq!(port.socket_addr(), "0.0.0.0:1883".parse().unwrap());
     assert_eq!(port.listener, "default");
@@ -81,7 +92,8 @@ fn embedded_default_values_are_the_defaults() {
     assert_eq!(config.broker.limits, ClientLimits::default());
     assert!(config.broker.encrypt_internal_traffic);
     assert_eq!(config.broker.log_level, None);
-    assert_eq!(config.broker.prometheus_port, None);
+    // Not a default but a choice of the embedded file: it serves the admin endpoint.
+    assert_eq!(config.broker.prometheus_port, Some(9600));
     assert!(config.broker.cardinality.is_none());
 }
 
@@ -867,6 +879,32 @@ fn a_dangling_authentication_ref_is_rejected() {
 }
 
 #[test]
+fn x509_authentication_requires_tls_on_the_port() {
+    let authentication = format!(
+        "---\n{BROKER_API}\nkind: BrokerAuthentication\nmetadata:\n  name: x509-auth\nspec:\n  \
+         authenticationMethods:\n    - method: X509\n      x509Settings:\n        \
+         trustedClientCaCert: fabrikam-ca\n"
+    );
+    let message = reject(
+        &(listener(
+            "default",
+            "  ports:\n    - port: 1883\n      authenticationRef: x509-auth\n",
+        ) + &authentication),
+    );
+    assert_contains(
+        &message,
+        &["spec.ports[0].tls: required: authenticationRef \"x509-auth\" has an X509 method"],
+    );
+    parse(
+        &(listener(
+            "default",
+            "  ports:\n    - port: 8883\n      authenticationRef: x509-auth\n      \
+             tls: {mode: Automatic}\n",
+        ) + &authentication),
+    );
+}
+
+#[test]
 fn a_dangling_authorization_ref_is_rejected() {
     let text = format!(
         "{BROKER_API}\nkind: BrokerAuthorization\nmetadata:\n  name: real\nspec: {{}}\n{}",
@@ -1096,4 +1134,57 @@ fn subscriber_queue_limit_strategy_none_is_unbounded() {
     )
     .expect("valid");
     assert_eq!(config.broker.limits.max_queued_messages, usize::MAX);
+}
+
+// ---- persistence ---------------------------------------------------------------------------
+
+fn with_persistence(body: &str) -> String {
+    format!(
+        "{BROKER_API}\nkind: Broker\nmetadata:\n  name: default\nspec:\n  persistence: {body}\n{}",
+        plain_listener("default", "ClusterIp", 1883)
+    )
+}
+
+#[test]
+fn persistence_defaults_to_immediate_and_accepts_aio_fields() {
+    let config = parse(&plain_listener("default", "ClusterIp", 1883));
+    assert_eq!(config.broker.persistence, Persistence::Immediate);
+    let config = parse(&with_persistence(
+        "{maxSize: 10G, encryption: {mode: Enabled}, retain: {mode: All}}",
+    ));
+    assert_eq!(config.broker.persistence, Persistence::Immediate);
+    let config = parse(&with_persistence(
+        "{durability: Periodic, flushIntervalMillis: 250}",
+    ));
+    assert_eq!(
+        config.broker.persistence,
+        Persistence::Periodic {
+            flush_interval_millis: 250
+        }
+    );
+    let config = parse(&with_persistence("{durability: Disabled}"));
+    assert_eq!(config.broker.persistence, Persistence::Disabled);
+}
+
+#[test]
+fn persistence_rejects_bad_values_naming_the_field() {
+    let e = reject(&with_persistence(
+        "{durability: Immediate, flushIntervalMillis: 10}",
+    ));
+    assert_contains(
+        &e,
+        &[
+            "spec.persistence.flushIntervalMillis",
+            "only allowed with durability: Periodic",
+        ],
+    );
+    let e = reject(&with_persistence(
+        "{durability: Periodic, flushIntervalMillis: 0}",
+    ));
+    assert_contains(
+        &e,
+        &["spec.persistence.flushIntervalMillis", "out of range"],
+    );
+    let e = reject(&with_persistence("{durability: Sometimes}"));
+    assert_contains(&e, &["durability", "Sometimes"]);
 }

@@ -18,12 +18,13 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::resources::{
-    BrokerListenerSpec, BrokerSpec, ConfigMapResource, OperationalMode, Resource, SecretResource,
-    TlsMode,
+    BrokerListenerSpec, BrokerSpec, ConfigMapResource, OperationalMode, PersistenceDurability,
+    Resource, SecretResource, TlsMode,
 };
 use super::{
     AuthenticationResource, AuthorizationResource, BrokerSettings, Cardinality, ClientLimits,
-    Config, ConfigError, Document, DocumentId, ListenerPortConfig, Problem, QueueLimit, TlsConfig,
+    Config, ConfigError, Document, DocumentId, ListenerPortConfig, Persistence, Problem, QueueLimit,
+    TlsConfig,
 };
 
 /// API groups of the broker's own kinds: ours, and AIO's so its manifests load unchanged.
@@ -514,8 +515,35 @@ fn resolve_broker(
         .and_then(|d| d.metrics.as_ref())
         .and_then(|m| m.prometheus_port);
 
+    let persistence_spec = spec.persistence.clone().unwrap_or_default();
+    let persistence = match persistence_spec.durability.unwrap_or_default() {
+        PersistenceDurability::Disabled => Persistence::Disabled,
+        PersistenceDurability::Immediate => Persistence::Immediate,
+        PersistenceDurability::Periodic => {
+            let every = persistence_spec.flush_interval_millis.unwrap_or(100);
+            if !(1..=60_000).contains(&every) {
+                r.report(
+                    "spec.persistence.flushIntervalMillis",
+                    format!("{every} is out of range 1..60000"),
+                );
+            }
+            Persistence::Periodic {
+                flush_interval_millis: every.clamp(1, 60_000),
+            }
+        }
+    };
+    if persistence_spec.flush_interval_millis.is_some()
+        && persistence_spec.durability != Some(PersistenceDurability::Periodic)
+    {
+        r.report(
+            "spec.persistence.flushIntervalMillis",
+            "only allowed with durability: Periodic",
+        );
+    }
+
     let advanced = spec.advanced.as_ref();
     BrokerSettings {
+        persistence,
         name,
         document: id.clone(),
         memory_profile,
@@ -558,6 +586,17 @@ impl References<'_> {
         };
         Some(format!("{} {name:?} is not defined ({known})", kind.name()))
     }
+}
+
+/// Whether a BrokerAuthentication spec (still loose JSON) lists an `X509` method.
+fn has_x509_method(spec: &serde_json::Value) -> bool {
+    spec.get("authenticationMethods")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|methods| {
+            methods
+                .iter()
+                .any(|m| m.get("method").and_then(serde_json::Value::as_str) == Some("X509"))
+        })
 }
 
 /// Listener names are Kubernetes Service names (RFC 1123 labels), 3 to 63 characters.
@@ -724,6 +763,19 @@ fn resolve_listeners(
                 )
             {
                 r.report(field("authenticationRef"), reason);
+            }
+            if port.tls.is_none()
+                && let Some(reference) = &port.authentication_ref
+                && let Some(authentication) = references.authentications.get(reference)
+                && has_x509_method(&authentication.resource.spec)
+            {
+                r.report(
+                    field("tls"),
+                    format!(
+                        "required: authenticationRef {reference:?} has an X509 method, and \
+                         client certificates are only presented in a TLS handshake"
+                    ),
+                );
             }
             if let Some(reference) = &port.authorization_ref
                 && let Some(reason) = references.missing(
