@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole Gatehouse test suite, runnable on a fresh Debian machine:
 #
-#   1. installs what it needs if missing (mosquitto, mosquitto-clients, python3-venv; a .venv
+#   1. installs what it needs if missing (mosquitto, mosquitto-clients, openssl, python3-venv; a .venv
 #      with tests/python/requirements.txt),
 #   2. lint: cargo fmt --check, cargo clippy -D warnings,
 #   3. builds the broker binary the end-to-end tests start,
@@ -34,6 +34,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || packages+=
 command -v mosquitto_pub >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1 \
     || packages+=(mosquitto-clients)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
+# tests/src/pki.rs makes RSA keys with it (ring cannot generate RSA keys).
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 # `python3 -m venv` fails without ensurepip, which Debian ships separately.
 python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' >/dev/null 2>&1 \
     || packages+=(python3-venv)

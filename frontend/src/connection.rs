@@ -277,7 +277,8 @@ impl Connection {
                     Some("the broker could not store this message".to_string()),
                 )
             };
-            self.session.publish_done(ack.qos, ack.packet_id, code, reason);
+            self.session
+                .publish_done(ack.qos, ack.packet_id, code, reason);
         }
     }
 

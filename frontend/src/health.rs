@@ -18,13 +18,16 @@ pub enum PortState {
 
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Keyed by `(listener name, configured port)`.
+    /// Keyed by `(listener name, bound port)`: the bound port, so several `port: 0` entries
+    /// stay apart and match what the ready file reports.
     ports: Mutex<BTreeMap<(String, u16), PortState>>,
 }
 
 impl Health {
     pub fn set(&self, listener: &str, port: u16, state: PortState) {
-        self.ports.lock().insert((listener.to_string(), port), state);
+        self.ports
+            .lock()
+            .insert((listener.to_string(), port), state);
     }
 
     /// Ready when every registered port serves. Returns the waiting ports otherwise.
@@ -38,7 +41,11 @@ impl Health {
                 PortState::Waiting(why) => Some(format!("{listener}:{port}: {why}")),
             })
             .collect();
-        if waiting.is_empty() { Ok(()) } else { Err(waiting) }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
     }
 
     pub fn ports(&self) -> Vec<((String, u16), PortState)> {

@@ -451,3 +451,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

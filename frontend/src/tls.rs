@@ -205,42 +205,19 @@ pub fn parse_private_key(pem: &[u8]) -> Result<PrivateKey, String> {
         })
 }
 
-/// Standard base64 (RFC 4648, padding optional, whitespace ignored), as Kubernetes stores
+/// Standard base64 (RFC 4648; whitespace, as in wrapped YAML, ignored), as Kubernetes stores
 /// `Secret.data` and `ConfigMap.binaryData`.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let symbols: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let body = symbols
-        .iter()
-        .position(|&c| c == b'=')
-        .map_or(&symbols[..], |i| &symbols[..i]);
-    let padding = symbols.len() - body.len();
-    if padding > 2 || symbols[body.len()..].iter().any(|&c| c != b'=') {
-        return Err("misplaced '=' padding".to_owned());
-    }
-    if body.len() % 4 == 1 || (padding > 0 && symbols.len() % 4 != 0) {
-        return Err("wrong length".to_owned());
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            let v = value(c).ok_or_else(|| format!("{:?} is not a base64 character", c as char))?;
-            acc |= v << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Ok(out)
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    // Padding optional: hand-written Secrets often drop it, and Kubernetes' own decoder is
+    // lenient the same way.
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    ENGINE.decode(compact.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// The value of `key` in a Secret: `stringData` wins over `data`, as Kubernetes merges them.
@@ -642,10 +619,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     let mut tmp = path.to_owned().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    // `mode` only applies to a new file: a leftover from a crash could be world-readable.
+    let _ = std::fs::remove_file(&tmp);
     let result = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))

@@ -1872,13 +1872,20 @@ fn completed_tags_follow_the_acknowledgement_flow() {
     assert!(c.deliver(tagged(QoS::ExactlyOnce, 12), 0).is_ok());
     assert!(c.deliver(tagged(QoS::AtMostOnce, 13), 0).is_ok());
     assert_eq!(c.received().len(), 3);
-    assert_eq!(c.session.take_completed(), vec![13], "QoS 0 is done once written");
+    assert_eq!(
+        c.session.take_completed(),
+        vec![13],
+        "QoS 0 is done once written"
+    );
 
     c.send(Packet::PubAck(ack(1)));
     assert_eq!(c.session.take_completed(), vec![11]);
     c.send(Packet::PubRec(ack(2)));
     expect!(c.received_one(), PubRel);
-    assert!(c.session.take_completed().is_empty(), "PUBREC is not the end");
+    assert!(
+        c.session.take_completed().is_empty(),
+        "PUBREC is not the end"
+    );
     c.send(Packet::PubComp(ack(2)));
     assert_eq!(c.session.take_completed(), vec![12]);
 

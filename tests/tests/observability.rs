@@ -292,12 +292,15 @@ struct ReceivedSpan {
     attributes: BTreeMap<String, String>,
 }
 
+/// (metric name, attributes, value) of one data point.
+type Point = (String, BTreeMap<String, String>, i64);
+
 /// What the in-process collector has received so far.
 #[derive(Default, Clone)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     /// (metric name, attributes, value) of every data point, in arrival order.
-    points: Arc<Mutex<Vec<(String, BTreeMap<String, String>, i64)>>>,
+    points: Arc<Mutex<Vec<Point>>>,
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {

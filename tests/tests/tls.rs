@@ -574,3 +574,78 @@ fn x509_without_tls_is_rejected_naming_the_field() {
         "{out:?}"
     );
 }
+
+/// MQTT over WebSockets inside TLS (`wss://`) on one port: the TLS handshake first, then the
+/// upgrade on `/mqtt` with the `mqtt` subprotocol, then CONNECT → CONNACK in binary messages.
+#[tokio::test]
+async fn websockets_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let contoso = Pki::contoso(KeyKind::Ec256);
+    let server = contoso.server("mqtts-endpoint", &["localhost"]);
+    let yaml = listener(&[&format!(
+        "{{port: 0, host: 127.0.0.1, protocol: WebSockets, \
+         tls: {{mode: Manual, manual: {{secretRef: {SERVER_SECRET}}}}}}}"
+    )]) + &server.secret_yaml(SERVER_SECRET);
+    let b = TlsBroker::start(&yaml);
+    let tls = pki::handshake(
+        b.addr(0),
+        "localhost",
+        pki::client_config(&[&contoso.root.cert.der], None),
+    )
+    .await
+    .expect("TLS handshake");
+    let mut request = format!("wss://localhost:{}/mqtt", b.port(0))
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, response) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, tls.stream))
+            .await
+            .expect("upgrade in time")
+            .expect("upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("mqtt")
+    );
+
+    let mut out = bytes::BytesMut::new();
+    mqtt::codec::encode(
+        &Packet::Connect(Box::new(e2e::raw::connect_v5(&unique_id("wss")))),
+        Protocol::V5,
+        &mut out,
+    );
+    ws.send(Message::binary(out.freeze()))
+        .await
+        .expect("send CONNECT");
+    let mut buf = bytes::BytesMut::new();
+    let connack = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(data))) => {
+                    buf.extend_from_slice(&data);
+                    if let Some(p) = mqtt::codec::decode(&mut buf, Protocol::V5, 1 << 20)
+                        .expect("a valid packet")
+                    {
+                        return p;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no CONNACK: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    match connack {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, mqtt::ReasonCode::SUCCESS),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}

@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 
 pub use limits::{ClientLimits, QueueLimit};
 pub use resources::{
-    PersistenceDurability, PersistenceSpec,
     BackpressureHandling, BrokerListenerSpec, BrokerSpec, ConfigMapResource, ListenerProtocol,
-    MemoryProfile, QueueStrategy, SecretResource, ServiceType,
+    MemoryProfile, PersistenceDurability, PersistenceSpec, QueueStrategy, SecretResource,
+    ServiceType,
 };
 
 use resources::Resource;

@@ -152,7 +152,8 @@ pub enum ListenerProtocol {
 pub struct TlsSpec {
     pub mode: TlsMode,
     /// cert-manager `Certificate` fields (issuerRef, duration, san, ...), for `Automatic`.
-    /// Kept loose until automatic certificates are implemented.
+    /// Kept loose (AIO manifests carry fields a local issuer ignores); [`crate::tls`] reads
+    /// `duration`, `renewBefore`, `san` and `privateKey.algorithm`.
     pub cert_manager_certificate_spec: Option<Value>,
     /// For `Manual`.
     pub manual: Option<ManualTlsSpec>,
@@ -356,7 +357,7 @@ pub struct SecretResource {
     /// e.g. `kubernetes.io/tls`.
     #[serde(rename = "type")]
     pub secret_type: Option<String>,
-    /// Base64-encoded values, as in Kubernetes. Decoded when TLS is implemented.
+    /// Base64-encoded values, as in Kubernetes; [`crate::tls`] decodes them.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
     /// Plain-text values; Kubernetes merges them over `data` on write.

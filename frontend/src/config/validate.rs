@@ -23,8 +23,8 @@ use super::resources::{
 };
 use super::{
     AuthenticationResource, AuthorizationResource, BrokerSettings, Cardinality, ClientLimits,
-    Config, ConfigError, Document, DocumentId, ListenerPortConfig, Persistence, Problem, QueueLimit,
-    TlsConfig,
+    Config, ConfigError, Document, DocumentId, ListenerPortConfig, Persistence, Problem,
+    QueueLimit, TlsConfig,
 };
 
 /// API groups of the broker's own kinds: ours, and AIO's so its manifests load unchanged.
