@@ -41,7 +41,7 @@ use resources::Resource;
 
 /// The embedded default configuration, printed by `gatehouse print-default-config`.
 pub fn default_config_yaml() -> &'static str {
-    include_str!("../../default-config.yaml")
+    include_str!("../default-config.yaml")
 }
 
 /// What [`Config::embedded_default`] names as the origin of its documents.

@@ -152,7 +152,7 @@ pub enum ListenerProtocol {
 pub struct TlsSpec {
     pub mode: TlsMode,
     /// cert-manager `Certificate` fields (issuerRef, duration, san, ...), for `Automatic`.
-    /// Kept loose (AIO manifests carry fields a local issuer ignores); [`crate::tls`] reads
+    /// Kept loose (AIO manifests carry fields a local issuer ignores); the frontend's `tls` module reads
     /// `duration`, `renewBefore`, `san` and `privateKey.algorithm`.
     pub cert_manager_certificate_spec: Option<Value>,
     /// For `Manual`.
@@ -357,7 +357,7 @@ pub struct SecretResource {
     /// e.g. `kubernetes.io/tls`.
     #[serde(rename = "type")]
     pub secret_type: Option<String>,
-    /// Base64-encoded values, as in Kubernetes; [`crate::tls`] decodes them.
+    /// Base64-encoded values, as in Kubernetes; the frontend's `tls` module decodes them.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
     /// Plain-text values; Kubernetes merges them over `data` on write.
