@@ -11,9 +11,9 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::payload::Hdrs;
 #[cfg(test)]
 use crate::payload::Hdr;
+use crate::payload::Hdrs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -236,8 +236,12 @@ pub struct PubArgs {
     pub common: Common,
 
     /// Interval of publishing messages per client (ms); 0 = as fast as flow control allows.
-    #[arg(short = 'I', long = "interval_of_msg", visible_alias = "interval-of-msg",
-          default_value_t = 1000)]
+    #[arg(
+        short = 'I',
+        long = "interval_of_msg",
+        visible_alias = "interval-of-msg",
+        default_value_t = 1000
+    )]
     pub interval_of_msg: u64,
 
     /// Topic to publish; supports %u, %c, %i, %s (message seq) and %rand_N.
@@ -361,10 +365,7 @@ mod tests {
         let Command::Sub(s) = ok("sub -c 50000 -i 10 -t bench/%i -q 2").command else {
             panic!()
         };
-        assert_eq!(
-            (s.common.count, s.common.interval, s.qos),
-            (50000, 10, 2)
-        );
+        assert_eq!((s.common.count, s.common.interval, s.qos), (50000, 10, 2));
         assert_eq!(s.topic, vec!["bench/%i"]);
 
         let Command::Pub(p) = ok("pub -c 100 -I 10 -t bench/%i -s 256").command else {
@@ -376,7 +377,10 @@ mod tests {
             panic!()
         };
         assert_eq!(c.common.host, "127.0.0.1");
-        assert_eq!((c.common.port, c.common.count, c.common.interval), (1883, 1000, 1));
+        assert_eq!(
+            (c.common.port, c.common.count, c.common.interval),
+            (1883, 1000, 1)
+        );
     }
 
     #[test]
@@ -437,7 +441,10 @@ mod tests {
         let c = &p.common;
         assert_eq!(split_list(&c.host), vec!["a", "b"]);
         assert_eq!((c.port, c.version, c.count, c.conn_rate), (8883, 4, 7, 50));
-        assert_eq!((c.session_expiry, c.startnumber, c.keepalive), (60, 100, 30));
+        assert_eq!(
+            (c.session_expiry, c.startnumber, c.keepalive),
+            (60, 100, 30)
+        );
         assert_eq!(c.prefix.as_deref(), Some("p"));
         assert_eq!(c.username.as_deref(), Some("u"));
         assert_eq!(c.password.as_deref(), Some("pw"));

@@ -51,17 +51,28 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Client errors printed before the rest are only counted.
 const MAX_PRINTED_ERRORS: u64 = 20;
 
-/// `--limit`: one budget shared by every publisher, as in emqtt-bench.
+/// `--limit`: one budget shared by every publisher, as in emqtt-bench. Whoever takes the last
+/// message tells the others, so idle publishers finish now rather than at their next `-I` tick.
 #[derive(Debug)]
-pub struct Limit(AtomicI64);
+pub struct Limit {
+    remaining: AtomicI64,
+    exhausted: watch::Sender<bool>,
+}
 
 impl Limit {
     pub fn new(n: u64) -> Limit {
-        Limit(AtomicI64::new(i64::try_from(n).unwrap_or(i64::MAX)))
+        Limit {
+            remaining: AtomicI64::new(i64::try_from(n).unwrap_or(i64::MAX)),
+            exhausted: watch::channel(n == 0).0,
+        }
     }
 
     fn take(&self) -> bool {
-        self.0.fetch_sub(1, Ordering::Relaxed) > 0
+        let before = self.remaining.fetch_sub(1, Ordering::Relaxed);
+        if before <= 1 {
+            self.exhausted.send_replace(true);
+        }
+        before > 0
     }
 }
 
@@ -341,7 +352,9 @@ impl Client {
         let mut stop = self.stop.clone();
         let transport = tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
-            r = timeout_at(deadline, open(target, self.local)) => match r {
+            // Boxed, like the handshake below: the TLS and WebSocket handshakes are large
+            // futures, and inline they would stay in every connection's task for its whole life.
+            r = timeout_at(deadline, Box::pin(open(target, self.local))) => match r {
                 Err(_) => return Err(Fail::Timeout),
                 Ok(Err(e)) => return Err(Fail::Connect(e)),
                 Ok(Ok(t)) => t,
@@ -375,7 +388,7 @@ impl Client {
         let mut stop = self.stop.clone();
         let ack = tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
-            r = timeout_at(deadline, self.handshake(&mut r, &mut w)) => match r {
+            r = timeout_at(deadline, Box::pin(self.handshake(&mut r, &mut w))) => match r {
                 Err(_) => return Err(Fail::Timeout),
                 Ok(r) => r?,
             },
@@ -435,7 +448,11 @@ impl Client {
         W: AsyncWrite + Unpin,
     {
         let connect = self.connect_packet();
-        encode(&Packet::Connect(Box::new(connect)), self.protocol, &mut self.out);
+        encode(
+            &Packet::Connect(Box::new(connect)),
+            self.protocol,
+            &mut self.out,
+        );
         w.write_all(&self.out).await.map_err(Fail::io)?;
         w.flush().await.map_err(Fail::io)?;
         self.out.clear();
@@ -520,6 +537,12 @@ impl Client {
         }
         let mut stop = self.stop.clone();
         let mut go = shared.go.subscribe();
+        let mut exhausted = match &shared.mode {
+            Mode::Pub(PubPlan {
+                limit: Some(limit), ..
+            }) => Some(limit.exhausted.subscribe()),
+            _ => None,
+        };
         let pub_sleep = sleep_until(self.next_due);
         let ka_sleep = sleep_until(self.last_sent + self.keepalive);
         let reauth_every = shared.reauth_interval.unwrap_or(Duration::MAX);
@@ -576,6 +599,7 @@ impl Client {
                     }
                     reauth_sleep.as_mut().reset(far_future(Instant::now(), reauth_every));
                 }
+                _ = wait_exhausted(&mut exhausted), if !self.limit_done => self.limit_done = true,
                 _ = go.wait_for(|g| *g), if self.waiting_go => {
                     self.waiting_go = false;
                     if let Mode::Pub(plan) = &shared.mode {
@@ -788,7 +812,13 @@ impl Client {
         }
     }
 
-    fn on_publish(&mut self, qos: u8, packet_id: u16, topic: (usize, usize), payload: (usize, usize)) {
+    fn on_publish(
+        &mut self,
+        qos: u8,
+        packet_id: u16,
+        topic: (usize, usize),
+        payload: (usize, usize),
+    ) {
         let duplicate = qos == 2 && !self.awaiting_rel.insert(packet_id);
         if !duplicate {
             self.recv_batch += 1;
@@ -927,10 +957,17 @@ fn far_future(now: Instant, every: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
-async fn write_or_flush<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    out: &[u8],
-) -> io::Result<Option<usize>> {
+/// Resolves once `--limit` is used up; never without a limit.
+async fn wait_exhausted(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, out: &[u8]) -> io::Result<Option<usize>> {
     if out.is_empty() {
         w.flush().await.map(|()| None)
     } else {
@@ -1151,10 +1188,13 @@ mod tests {
     }
 
     #[test]
-    fn limit_is_shared() {
+    fn limit_is_shared_and_announces_its_end() {
         let l = Limit::new(2);
+        let rx = l.exhausted.subscribe();
         assert!(l.take());
+        assert!(!*rx.borrow());
         assert!(l.take());
+        assert!(*rx.borrow(), "taking the last message announces it");
         assert!(!l.take());
         assert!(!l.take());
     }

@@ -128,7 +128,10 @@ pub enum Body {
     Fixed(Vec<u8>),
     /// A `template://` file with placeholders, rendered per message. `size` is `-s`, used by
     /// `%RANDOM%`.
-    Template { text: Vec<u8>, size: usize },
+    Template {
+        text: Vec<u8>,
+        size: usize,
+    },
 }
 
 const PLACEHOLDERS: [&[u8]; 6] = [
@@ -343,7 +346,10 @@ mod tests {
 
     #[test]
     fn body_from_args() {
-        assert_eq!(Body::from_args(None, 3).unwrap(), Body::Fixed(b"aaa".to_vec()));
+        assert_eq!(
+            Body::from_args(None, 3).unwrap(),
+            Body::Fixed(b"aaa".to_vec())
+        );
         assert_eq!(
             Body::from_args(Some("hello"), 100).unwrap(),
             Body::Fixed(b"hello".to_vec())

@@ -46,19 +46,20 @@ pub async fn run(cli: Cli, args: Vec<String>, workers: usize) -> Result<(), Stri
     } else {
         Duration::from_millis(common.interval)
     };
-    println!(
-        "Start with {workers} workers, addrs pool size: {} and req interval: {} ms\n",
-        shared.ifaddrs.len().max(1),
-        interval.as_secs_f64() * 1000.0
-    );
+    print_lines(vec![
+        format!(
+            "Start with {workers} workers, addrs pool size: {} and req interval: {} ms",
+            shared.ifaddrs.len().max(1),
+            interval.as_secs_f64() * 1000.0
+        ),
+        String::new(),
+    ]);
 
     let start = Instant::now();
     let mut reporter = Reporter::new(start.into_std());
     let mut ticker = interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = common
-        .duration
-        .map(|d| start + Duration::from_secs_f64(d));
+    let deadline = common.duration.map(|d| start + Duration::from_secs_f64(d));
     let mut stop = shared.stop.subscribe();
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -109,10 +110,10 @@ pub async fn run(cli: Cli, args: Vec<String>, workers: usize) -> Result<(), Stri
         && p.limit > 0
         && why == Why::AllDone
     {
-        println!("publish complete");
+        print_lines(vec!["publish complete".to_owned()]);
     }
     let summary = reporter.summary(&shared.stats, now, cli.command.name(), &args);
-    println!("{}", summary_line(&summary));
+    print_lines(vec![summary_line(&summary)]);
     let unprinted = shared.unprinted_errors();
     if unprinted > 0 {
         eprintln!("{unprinted} more client errors were counted but not printed");
@@ -125,6 +126,8 @@ pub async fn run(cli: Cli, args: Vec<String>, workers: usize) -> Result<(), Stri
     Ok(())
 }
 
+/// Report lines to stdout. Write errors are ignored: a reader that went away (`| head`) must not
+/// stop the run.
 fn print_lines(lines: Vec<String>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

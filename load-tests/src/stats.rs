@@ -416,7 +416,11 @@ mod tests {
         stats.record_latency(5, &[3000]);
         let lines = r.tick(&stats, t0 + Duration::from_secs(1));
         assert_eq!(lines.len(), 1);
-        assert!(lines[0].starts_with("1s publish_latency avg=2.000ms"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("1s publish_latency avg=2.000ms"),
+            "{}",
+            lines[0]
+        );
         assert!(r.tick(&stats, t0 + Duration::from_secs(2)).is_empty());
         assert_eq!(r.latency().len(), 3);
     }

@@ -202,7 +202,10 @@ mod tests {
             client_id("pub", 3, None, false, "box", 99),
             "box_bench_pub_99_3"
         );
-        assert_eq!(client_id("sub", 3, Some("p"), false, "box", 99), "p_bench_sub_3");
+        assert_eq!(
+            client_id("sub", 3, Some("p"), false, "box", 99),
+            "p_bench_sub_3"
+        );
         assert_eq!(client_id("conn", 3, None, true, "box", 99), "3");
         assert_eq!(client_id("conn", 3, Some("dev-"), true, "box", 99), "dev-3");
         // An empty prefix counts as none.

@@ -15,8 +15,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -85,9 +85,9 @@ pub async fn open(target: &Target, local: Option<IpAddr>) -> Result<Transport, C
     }
     .map_err(classify)?;
     if let Some(ip) = local {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
-            ConnectError::Io(format!("cannot bind source address {ip}: {e}"))
-        })?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| ConnectError::Io(format!("cannot bind source address {ip}: {e}")))?;
     }
     let tcp = socket.connect(target.addr).await.map_err(classify)?;
     // MQTT packets are small and latency is measured: never wait for Nagle.
@@ -279,7 +279,12 @@ impl ServerCertVerifier for NoCertCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -288,7 +293,12 @@ impl ServerCertVerifier for NoCertCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -318,7 +328,9 @@ mod tests {
                     .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
                 Ok(resp)
             };
-            let ws = tokio_tungstenite::accept_hdr_async(tcp, check).await.unwrap();
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, check)
+                .await
+                .unwrap();
             let mut io = WsIo::new(ws);
             let mut buf = [0u8; 64];
             loop {
