@@ -1,0 +1,2 @@
+//! `authsvc`: the authentication service binary (being built).
+fn main() {}
