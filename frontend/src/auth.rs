@@ -55,6 +55,11 @@ pub struct AuthRequest {
     /// The client certificate chain, leaf first, already verified against the port's trusted
     /// CAs during the TLS handshake. `None` without TLS or without a client certificate.
     pub tls_chain: Option<Arc<[CertificateDer<'static>]>>,
+    /// Unique among this process's connections; the same id is used to register the live
+    /// connection ([`Authenticator::watch`]).
+    pub connection_id: u64,
+    /// For [`AuthKind::Continue`]: what the previous [`AuthOutcome::Continue`] returned.
+    pub continuation: Bytes,
 }
 
 /// Who the client is, for authorization and logs.
@@ -72,19 +77,48 @@ pub enum AuthOutcome {
         expiry: Option<SystemTime>,
         /// v5 authentication data to return (CONNACK or AUTH).
         data: Option<Bytes>,
+        /// Whether AUTH 0x19 can renew the credential (not for X.509).
+        can_reauthenticate: bool,
     },
     Deny {
         code: ReasonCode,
         reason: Option<String>,
     },
-    /// Send AUTH 0x18 with this data and wait for the client's next AUTH.
-    Continue { data: Option<Bytes> },
+    /// Send AUTH 0x18 with this data and wait for the client's next AUTH; hand
+    /// `continuation` back with it.
+    Continue {
+        data: Option<Bytes>,
+        continuation: Bytes,
+    },
+    /// No decision could be made (no authentication service replica answered in time, or a
+    /// dependency is down). CONNECT → 0x88 Server unavailable (3.1.1: 0x03), never an allow;
+    /// re-authentication → AUTH 0x18, and the connection keeps its old deadline.
+    Transient { reason: String },
 }
+
+/// A connection that passed authentication, registered with the authentication service so
+/// that revocations and policy changes can reach it.
+pub struct LiveConnection {
+    pub connection_id: u64,
+    pub client_id: String,
+    pub principal: Principal,
+    pub expiry: Option<SystemTime>,
+    /// How the service closes it: `kick(code, reason)`.
+    pub control: Arc<dyn crate::router::ConnControl>,
+}
+
+/// Dropping it unregisters the connection.
+pub type WatchGuard = Box<dyn Send + Sync>;
 
 pub type AuthFuture = Pin<Box<dyn Future<Output = AuthOutcome> + Send>>;
 
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+    /// Register a live connection for pushed disconnects; `None` when nothing is pushed
+    /// (ports without authentication).
+    fn watch(&self, _live: LiveConnection) -> Option<WatchGuard> {
+        None
+    }
 }
 
 /// Ports without `authenticationRef`: everyone is let in ([broker-spec §1.1]; scenario 19).
@@ -99,6 +133,7 @@ impl Authenticator for AllowAll {
             },
             expiry: None,
             data: None,
+            can_reauthenticate: false,
         }))
     }
 }

@@ -60,7 +60,14 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub session_config: SessionConfig,
     pub listener_port: u16,
+    /// When a credential expires, tell v5 clients first (DISCONNECT 0x87 with a reason string)
+    /// instead of only closing the network connection, which is the documented default
+    /// (broker-spec §2.5).
+    pub expiry_disconnect: bool,
 }
+
+/// Connection ids, unique within the process, for the authentication service.
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Default)]
 struct WriteState {
@@ -109,6 +116,14 @@ pub struct Connection {
     store_failed: bool,
     /// Why the broker is closing this connection, for the one log line `on_closed` writes.
     close_cause: Option<String>,
+    connection_id: u64,
+    /// What the authentication service needs back with the client's next AUTH (multi-step).
+    auth_continuation: Bytes,
+    /// When the credential expires, and the timer that closes the connection then.
+    expiry: Option<std::time::SystemTime>,
+    expiry_timer: Option<SpawnHandle>,
+    /// Registration with the authentication service; dropping it unregisters.
+    watch: Option<crate::auth::WatchGuard>,
 }
 
 struct PendingAck {
@@ -175,6 +190,11 @@ impl Connection {
             pending_acks: std::collections::VecDeque::new(),
             store_failed: false,
             close_cause: None,
+            connection_id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            auth_continuation: Bytes::new(),
+            expiry: None,
+            expiry_timer: None,
+            watch: None,
         }
         .start()
     }
@@ -431,7 +451,45 @@ impl Connection {
             listener_port: self.shared.listener_port,
             peer: self.peer,
             tls_chain: self.tls_chain.clone(),
+            connection_id: self.connection_id,
+            continuation: if kind == AuthKind::Continue {
+                self.auth_continuation.clone()
+            } else {
+                Bytes::new()
+            },
         }
+    }
+
+    /// Arm (or re-arm, after re-authentication) the timer that closes the connection when its
+    /// credential expires. The timer is this connection's own, so the deadline holds even if
+    /// the authentication service is gone (scenario 27).
+    fn arm_expiry(&mut self, expiry: Option<std::time::SystemTime>, ctx: &mut Context<Self>) {
+        if let Some(old) = self.expiry_timer.take() {
+            ctx.cancel_future(old);
+        }
+        self.expiry = expiry;
+        let Some(at) = expiry else { return };
+        let delay = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        self.expiry_timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.expiry_timer = None;
+            act.on_credential_expired(ctx);
+        }));
+    }
+
+    fn on_credential_expired(&mut self, ctx: &mut Context<Self>) {
+        self.close_cause = Some("credential expired".to_string());
+        self.shared.metrics.credential_expired();
+        // Default as documented: close without DISCONNECT (the client learns nothing it could
+        // misuse); per policy, v5 clients get DISCONNECT 0x87 with a reason string first.
+        let notify = self.shared.expiry_disconnect;
+        self.session.disconnect(
+            ReasonCode::NOT_AUTHORIZED,
+            notify.then(|| "credential expired".to_string()),
+            notify,
+        );
+        self.pump(ctx);
     }
 
     fn on_connect(&mut self, connect: Box<Connect>, ctx: &mut Context<Self>) {
@@ -459,16 +517,31 @@ impl Connection {
                 self.session.reject_connect(code, reason);
                 self.pump(ctx);
             }
-            AuthOutcome::Continue { data } => {
+            AuthOutcome::Continue { data, continuation } => {
                 tracing::Span::current().record("outcome", "continue authentication");
+                self.auth_continuation = continuation;
                 self.session
                     .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
                 self.pump(ctx);
             }
+            AuthOutcome::Transient { reason } => {
+                tracing::Span::current().record("outcome", "authentication unavailable");
+                self.close_cause = Some(format!("authentication unavailable: {reason}"));
+                self.session.reject_connect(
+                    ReasonCode::SERVER_UNAVAILABLE,
+                    Some("authentication service unavailable".to_string()),
+                );
+                self.pump(ctx);
+            }
             AuthOutcome::Allow {
-                principal, data, ..
+                principal,
+                data,
+                expiry,
+                ..
             } => {
                 self.principal = principal;
+                self.auth_continuation = Bytes::new();
+                self.expiry = expiry;
                 self.attach(data, false, ctx);
             }
         }
@@ -567,6 +640,22 @@ impl Connection {
                     .connected_sessions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!(peer = %self.peer, client_id = self.client_id(), session_present = att.session_present, "client connected");
+                let expiry = self.expiry;
+                self.arm_expiry(expiry, ctx);
+                let addr = ctx.address();
+                self.watch = self
+                    .shared
+                    .authenticator
+                    .watch(crate::auth::LiveConnection {
+                        connection_id: self.connection_id,
+                        client_id: self.client_id().to_string(),
+                        principal: self.principal.clone(),
+                        expiry,
+                        control: Arc::new(Control {
+                            wake: addr.clone().recipient(),
+                            kick: addr.recipient(),
+                        }),
+                    });
                 self.pump(ctx);
             }
         }
@@ -590,13 +679,28 @@ impl Connection {
                 (
                     AuthKind::Reauthenticate,
                     AuthOutcome::Allow {
-                        principal, data, ..
+                        principal,
+                        data,
+                        expiry,
+                        ..
                     },
                 ) => {
                     act.principal = principal;
                     act.session.send_auth(ReasonCode::SUCCESS, data, None);
+                    // The deadline moves to the new credential's (scenario 21).
+                    act.arm_expiry(expiry, ctx);
                 }
-                (_, AuthOutcome::Continue { data }) => {
+                (AuthKind::Reauthenticate, AuthOutcome::Transient { reason }) => {
+                    // Scenario 23: the client may retry; the old deadline still holds.
+                    debug!(client_id = act.client_id(), %reason, "re-authentication could not be decided now");
+                    act.session.send_auth(
+                        ReasonCode::CONTINUE_AUTHENTICATION,
+                        None,
+                        Some("authentication service unavailable; retry later".to_string()),
+                    );
+                }
+                (_, AuthOutcome::Continue { data, continuation }) => {
+                    act.auth_continuation = continuation;
                     act.session
                         .send_auth(ReasonCode::CONTINUE_AUTHENTICATION, data, None);
                 }

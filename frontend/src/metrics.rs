@@ -104,6 +104,7 @@ pub struct Metrics {
     pub authentication_successes: AtomicU64,
     pub authentication_failures: AtomicU64,
     pub authentication_denials: AtomicU64,
+    pub credential_expirations: AtomicU64,
     pub authorization_allowed: AtomicU64,
     pub authorization_denied: AtomicU64,
     pub protocol_violations: AtomicU64,
@@ -143,8 +144,14 @@ impl Metrics {
                 bump(&self.authentication_failures, 1)
             }
             AuthOutcome::Deny { .. } => bump(&self.authentication_denials, 1),
+            AuthOutcome::Transient { .. } => bump(&self.authentication_failures, 1),
             AuthOutcome::Continue { .. } => {}
         }
+    }
+
+    /// A connection closed because its credential expired.
+    pub fn credential_expired(&self) {
+        bump(&self.credential_expirations, 1);
     }
 
     /// Count one authorization decision and pass it through, so that a check site changes by
@@ -281,6 +288,11 @@ impl Metrics {
                 &self.authentication_denials,
             ),
             counter(
+                "gatehouse_credential_expirations",
+                "Connections closed because their credential expired.",
+                &self.credential_expirations,
+            ),
+            counter(
                 "aio_broker_authorization_allow",
                 "PUBLISH topics and SUBSCRIBE filters that authorization allowed.",
                 &self.authorization_allowed,
@@ -377,11 +389,15 @@ mod tests {
             principal: Default::default(),
             expiry: None,
             data: None,
+            can_reauthenticate: false,
         });
         m.authentication(&deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
         m.authentication(&deny(ReasonCode::NOT_AUTHORIZED));
         m.authentication(&deny(ReasonCode::SERVER_UNAVAILABLE));
-        m.authentication(&AuthOutcome::Continue { data: None });
+        m.authentication(&AuthOutcome::Continue {
+            data: None,
+            continuation: bytes::Bytes::new(),
+        });
         let snap = m.snapshot();
         assert_eq!(snap.value("aio_broker_authentication_successes"), Some(1));
         assert_eq!(snap.value("aio_broker_authentication_deny"), Some(2));

@@ -233,6 +233,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             metrics: metrics.clone(),
             session_config: session_config(limits),
             listener_port: local.port(),
+            expiry_disconnect: false,
         });
         let endpoint = Endpoint {
             protocol: port.protocol,

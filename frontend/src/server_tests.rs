@@ -72,6 +72,7 @@ async fn the_verified_client_chain_reaches_authentication() {
             metrics,
             session_config: session_config(&ClientLimits::default()),
             listener_port: 8883,
+            expiry_disconnect: false,
         }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
