@@ -138,17 +138,37 @@ impl Authenticator for AllowAll {
     }
 }
 
-/// The per-packet authorization hook. Implementations evaluate compiled permissions locally.
+/// A port's authorization: decides CONNECT once authentication has said who the client is,
+/// and compiles what the client may do into [`Permissions`] the connection keeps.
 pub trait Authorizer: Send + Sync + 'static {
-    fn may_publish(&self, principal: &Principal, client_id: &str, topic: &str) -> bool;
-    fn may_subscribe(&self, principal: &Principal, client_id: &str, filter: &str) -> bool;
+    /// `Err` carries the reason for the log; the client gets 0x87 (3.1.1: 0x05).
+    fn connect(
+        &self,
+        client_id: &str,
+        principal: &Principal,
+    ) -> Result<Arc<dyn Permissions>, String>;
 }
 
+/// One client's compiled permissions, checked per PUBLISH and SUBSCRIBE without IO.
+pub trait Permissions: Send + Sync + 'static {
+    fn may_publish(&self, topic: &str) -> bool;
+    /// `filter` as requested, possibly `$share/group/...`.
+    fn may_subscribe(&self, filter: &str) -> bool;
+}
+
+/// Ports without `authorizationRef`, or with one but no `authenticationRef` (broker-spec §1.2,
+/// scenario 28): everything is allowed.
 impl Authorizer for AllowAll {
-    fn may_publish(&self, _: &Principal, _: &str, _: &str) -> bool {
+    fn connect(&self, _: &str, _: &Principal) -> Result<Arc<dyn Permissions>, String> {
+        Ok(Arc::new(AllowAll))
+    }
+}
+
+impl Permissions for AllowAll {
+    fn may_publish(&self, _: &str) -> bool {
         true
     }
-    fn may_subscribe(&self, _: &Principal, _: &str, _: &str) -> bool {
+    fn may_subscribe(&self, _: &str) -> bool {
         true
     }
 }

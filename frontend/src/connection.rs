@@ -124,6 +124,21 @@ pub struct Connection {
     expiry_timer: Option<SpawnHandle>,
     /// Registration with the authentication service; dropping it unregisters.
     watch: Option<crate::auth::WatchGuard>,
+    /// What this client may publish and subscribe, compiled at CONNECT (and again after a
+    /// re-authentication changes the principal). Nothing is allowed before CONNECT.
+    permissions: Arc<dyn crate::auth::Permissions>,
+}
+
+/// The permissions of a connection that has not been authorized (yet).
+struct Nothing;
+
+impl crate::auth::Permissions for Nothing {
+    fn may_publish(&self, _: &str) -> bool {
+        false
+    }
+    fn may_subscribe(&self, _: &str) -> bool {
+        false
+    }
 }
 
 struct PendingAck {
@@ -195,6 +210,7 @@ impl Connection {
             expiry: None,
             expiry_timer: None,
             watch: None,
+            permissions: Arc::new(Nothing),
         }
         .start()
     }
@@ -355,13 +371,11 @@ impl Connection {
                 let qos = message.qos;
                 self.shared.metrics.publish_received(message.payload.len());
                 let mut ticket = None;
-                let (code, reason) = if !self.shared.metrics.authorization(
-                    self.shared.authorizer.may_publish(
-                        &self.principal,
-                        self.client_id(),
-                        &message.topic,
-                    ),
-                ) {
+                let (code, reason) = if !self
+                    .shared
+                    .metrics
+                    .authorization(self.permissions.may_publish(&message.topic))
+                {
                     debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
                     (
                         ReasonCode::NOT_AUTHORIZED,
@@ -393,13 +407,14 @@ impl Connection {
                     .filters
                     .iter()
                     .map(|(f, _)| {
-                        self.shared
+                        let allowed = self
+                            .shared
                             .metrics
-                            .authorization(self.shared.authorizer.may_subscribe(
-                                &self.principal,
-                                &att.client_id,
-                                f,
-                            ))
+                            .authorization(self.permissions.may_subscribe(f));
+                        if !allowed {
+                            debug!(client_id = %att.client_id, filter = %f, "subscribe not authorized");
+                        }
+                        allowed
                     })
                     .collect();
                 let codes = self.shared.router.subscribe(
@@ -539,6 +554,24 @@ impl Connection {
                 expiry,
                 ..
             } => {
+                let client_id = self.connect.as_ref().map_or("", |c| c.client_id.as_str());
+                match self.shared.authorizer.connect(client_id, &principal) {
+                    Ok(permissions) => {
+                        self.shared.metrics.authorization(true);
+                        self.permissions = permissions;
+                    }
+                    Err(why) => {
+                        self.shared.metrics.authorization(false);
+                        tracing::Span::current().record("outcome", "not authorized");
+                        self.close_cause = Some(format!("CONNECT not authorized: {why}"));
+                        self.session.reject_connect(
+                            ReasonCode::NOT_AUTHORIZED,
+                            Some("not authorized to connect".to_string()),
+                        );
+                        self.pump(ctx);
+                        return;
+                    }
+                }
                 self.principal = principal;
                 self.auth_continuation = Bytes::new();
                 self.expiry = expiry;
@@ -685,6 +718,21 @@ impl Connection {
                         ..
                     },
                 ) => {
+                    // New attributes may grant or take away permissions.
+                    match act.shared.authorizer.connect(act.client_id(), &principal) {
+                        Ok(permissions) => act.permissions = permissions,
+                        Err(why) => {
+                            act.close_cause =
+                                Some(format!("not authorized after re-authentication: {why}"));
+                            act.session.disconnect(
+                                ReasonCode::NOT_AUTHORIZED,
+                                Some("not authorized".to_string()),
+                                true,
+                            );
+                            act.pump(ctx);
+                            return;
+                        }
+                    }
                     act.principal = principal;
                     act.session.send_auth(ReasonCode::SUCCESS, data, None);
                     // The deadline moves to the new credential's (scenario 21).

@@ -100,6 +100,14 @@ fn main() -> ExitCode {
         },
         None => Config::embedded_default(),
     };
+    // Policies are compiled before anything starts, so a bad rule (a token inside a topic
+    // segment, an unknown method) is a configuration error with its field, exit 2.
+    if let Err(errors) = frontend::authz::compile_all(&config.authorizations) {
+        for e in errors {
+            eprintln!("gatehouse: configuration rejected: {e}");
+        }
+        return ExitCode::from(2);
+    }
     if let Some(Command::CheckConfig) = cli.command {
         for warning in &config.warnings {
             eprintln!("gatehouse: warning: {warning}");

@@ -50,6 +50,8 @@ pub struct RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Authorization(Vec<crate::authz::AuthzError>),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("listener {listener:?} spec.ports[{index}]: cannot bind {addr}: {source}")]
@@ -170,6 +172,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     let limits = &config.broker.limits;
     let metrics = Arc::new(Metrics::default());
     let (router, store) = open_router(&config, &options, &metrics)?;
+    let policies =
+        crate::authz::compile_all(&config.authorizations).map_err(ServerError::Authorization)?;
     crate::observability::register_metrics(&metrics, &router);
     let workers: Vec<Arbiter> = (0..options.workers.max(1))
         .map(|_| Arbiter::new())
@@ -229,7 +233,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
         let shared = Arc::new(Shared {
             router: router.clone(),
             authenticator: Arc::new(AllowAll),
-            authorizer: Arc::new(AllowAll),
+            // Authorization takes effect only together with authentication (broker-spec §1.2,
+            // scenario 28).
+            authorizer: match (&port.authentication_ref, &port.authorization_ref) {
+                (Some(_), Some(name)) => match policies.get(name) {
+                    Some(policy) => Arc::new(crate::authz::AbacAuthorizer::new(policy.clone())),
+                    None => Arc::new(AllowAll),
+                },
+                _ => Arc::new(AllowAll),
+            },
             metrics: metrics.clone(),
             session_config: session_config(limits),
             listener_port: local.port(),
