@@ -4,7 +4,7 @@
 #   1. installs what it needs if missing (mosquitto, mosquitto-clients, openssl, python3-venv; a .venv
 #      with tests/python/requirements.txt),
 #   2. lint: cargo fmt --check, cargo clippy -D warnings,
-#   3. builds the broker binary the end-to-end tests start,
+#   3. builds the binaries the end-to-end tests start (gatehouse, authsvc),
 #   4. cargo nextest run --workspace (cargo test if nextest is absent),
 #   5. pytest on tests/python (paho-mqtt against the real broker),
 #   6. a short fuzzing pass over every decoder (scripts/fuzz.sh; FUZZ_SECONDS per target).
@@ -70,8 +70,9 @@ stage() {
 stage "format" cargo fmt --all --check
 stage "clippy" cargo clippy --workspace --all-targets -- -D warnings
 
-# The e2e tests run the real binary; cargo only builds binaries of the package under test.
+# The e2e tests run the real binaries; cargo only builds binaries of the package under test.
 stage "build broker" cargo build -p frontend --bin gatehouse
+stage "build authsvc" cargo build -p authsvc --bin authsvc
 
 if cargo nextest --version >/dev/null 2>&1; then
     stage "rust tests" cargo nextest run --workspace --no-fail-fast

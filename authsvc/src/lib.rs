@@ -11,12 +11,14 @@
 //! - [`chain`]: a compiled policy (ordered methods) and the fall-through rule;
 //! - [`policy`]: `BrokerAuthentication` documents → compiled chains, with errors naming fields;
 //! - [`methods`]: one module per method (X.509, ServiceAccountToken, JWT, Custom);
-//! - `grpc` (to come): the tonic service; generated types stop there.
+//! - [`grpc`]: the tonic service (`Authenticate`, `Watch`) and the configuration poller;
+//!   generated types stop there.
 //!
 //! This crate does not speak MQTT on the wire and holds no connections; expiry is enforced by
 //! the frontend holding the connection, with the deadline this service returns.
 
 pub mod chain;
+pub mod grpc;
 pub mod methods;
 pub mod policy;
 

@@ -715,16 +715,51 @@ impl crate::auth::Authorizer for AbacAuthorizer {
     }
 }
 
+/// A compiled `BrokerAuthorization` of either model: AIO rules (`spec.authorizationPolicies`)
+/// or Event Grid topic spaces (`spec.eventGrid`, [`crate::eventgrid`]).
+#[derive(Debug, Clone)]
+pub enum Policy {
+    Abac(Arc<AbacPolicy>),
+    EventGrid(Arc<crate::eventgrid::EventGridPolicy>),
+}
+
+impl Policy {
+    /// Compiles `spec` as the model it holds; a spec holding both is an error, because which
+    /// one would apply is a guess the operator should not have to make.
+    pub fn compile(name: &str, spec: &Value) -> Result<Policy, Vec<AuthzError>> {
+        match (spec.get("authorizationPolicies"), spec.get("eventGrid")) {
+            (Some(_), Some(_)) => Err(vec![AuthzError {
+                policy: name.to_string(),
+                field: "spec.eventGrid".to_string(),
+                reason: "cannot be combined with spec.authorizationPolicies: a \
+                         BrokerAuthorization holds either AIO rules or Event Grid topic spaces"
+                    .to_string(),
+            }]),
+            (None, Some(_)) => crate::eventgrid::EventGridPolicy::compile(name, spec)
+                .map(|p| Policy::EventGrid(Arc::new(p))),
+            (_, None) => AbacPolicy::compile(name, spec).map(|p| Policy::Abac(Arc::new(p))),
+        }
+    }
+
+    /// The port's authorizer for this policy.
+    pub fn authorizer(&self) -> Arc<dyn crate::auth::Authorizer> {
+        match self {
+            Policy::Abac(p) => Arc::new(AbacAuthorizer::new(p.clone())),
+            Policy::EventGrid(p) => Arc::new(crate::eventgrid::EventGridAuthorizer::new(p.clone())),
+        }
+    }
+}
+
 /// The policies of a configuration, by name.
 pub fn compile_all(
     authorizations: &BTreeMap<String, broker_config::AuthorizationResource>,
-) -> Result<BTreeMap<String, Arc<AbacPolicy>>, Vec<AuthzError>> {
+) -> Result<BTreeMap<String, Policy>, Vec<AuthzError>> {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     for (name, doc) in authorizations {
-        match AbacPolicy::compile(name, &doc.resource.spec) {
+        match Policy::compile(name, &doc.resource.spec) {
             Ok(p) => {
-                out.insert(name.clone(), Arc::new(p));
+                out.insert(name.clone(), p);
             }
             Err(mut e) => errors.append(&mut e),
         }

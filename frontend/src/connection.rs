@@ -718,7 +718,13 @@ impl Connection {
                         ..
                     },
                 ) => {
-                    // New attributes may grant or take away permissions.
+                    // A renewal that says nothing about attributes (the published custom
+                    // auth-server sample answers AUTH without them) keeps the ones the client
+                    // has; new attributes replace them, and may grant or take away permissions.
+                    let mut principal = principal;
+                    if principal.attributes.is_empty() {
+                        principal.attributes = act.principal.attributes.clone();
+                    }
                     match act.shared.authorizer.connect(act.client_id(), &principal) {
                         Ok(permissions) => act.permissions = permissions,
                         Err(why) => {

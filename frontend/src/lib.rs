@@ -5,10 +5,12 @@
 //! [`router`], which owns subscriptions, retained messages, offline sessions and wills.
 
 pub mod auth;
+pub mod authclient;
 pub mod authz;
 /// The configuration lives in its own crate so that `authsvc` reads the same documents.
 pub use broker_config as config;
 pub mod connection;
+pub mod eventgrid;
 pub mod health;
 pub mod metrics;
 pub mod observability;

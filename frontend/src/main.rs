@@ -72,6 +72,44 @@ struct Cli {
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
 
+    /// Authentication service replicas for ports with an authenticationRef, comma-separated
+    /// `http://HOST:PORT` or `https://HOST:PORT` URLs, e.g.
+    /// `http://authsvc-0:50051,http://authsvc-1:50051`.
+    /// Decisions go to the replica that answered last, then to the others; if none answers
+    /// within 3 s the client gets CONNACK 0x88 (3.1.1: 0x03). Without it, the service runs in
+    /// this process on 127.0.0.1 with the policies of --config.
+    #[arg(
+        long,
+        env = "GATEHOUSE_AUTHSVC",
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    authsvc: Vec<String>,
+
+    /// CA certificate (PEM) the authentication service's certificate chains to; required for
+    /// https:// URLs.
+    #[arg(long, env = "GATEHOUSE_AUTHSVC_CA", value_name = "PEM")]
+    authsvc_ca: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) this frontend presents to the authentication service
+    /// (mutual TLS). Requires --authsvc-key.
+    #[arg(
+        long,
+        env = "GATEHOUSE_AUTHSVC_CERT",
+        value_name = "PEM",
+        requires = "authsvc_key"
+    )]
+    authsvc_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --authsvc-cert.
+    #[arg(
+        long,
+        env = "GATEHOUSE_AUTHSVC_KEY",
+        value_name = "PEM",
+        requires = "authsvc_cert"
+    )]
+    authsvc_key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -109,6 +147,31 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(Command::CheckConfig) = cli.command {
+        // Authentication methods are compiled too (CA bundles, endpoints, audiences), as the
+        // broker would at start. Some builders create clients that want a runtime.
+        let secrets_dir = cli
+            .secrets_dir
+            .clone()
+            .unwrap_or_else(|| cli.data_dir.join("secrets"));
+        let compiled = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| {
+                rt.block_on(async { authsvc::policy::compile(&config, secrets_dir).map(|_| ()) })
+            });
+        match compiled {
+            Ok(Ok(())) => {}
+            Ok(Err(errors)) => {
+                for e in errors {
+                    eprintln!("gatehouse: configuration rejected: {e}");
+                }
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("gatehouse: cannot start a runtime to check the configuration: {e}");
+                return ExitCode::from(1);
+            }
+        }
         for warning in &config.warnings {
             eprintln!("gatehouse: warning: {warning}");
         }
@@ -118,6 +181,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // ring is the only rustls provider compiled in; make it the process default for every
+    // rustls user (the auth client's channels, the embedded service's methods).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let system = actix::System::new();
     // Inside the System's runtime: the OTLP exporters' gRPC channel is created on it, and it
     // keeps running (driving that channel) for as long as the broker does.
@@ -145,6 +211,17 @@ fn main() -> ExitCode {
                 .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
         }),
         ready_file: cli.ready_file.clone(),
+        authsvc: frontend::authclient::ClientOptions {
+            urls: cli
+                .authsvc
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            ca: cli.authsvc_ca.clone(),
+            cert: cli.authsvc_cert.clone(),
+            key: cli.authsvc_key.clone(),
+        },
         workers: cli
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -153,6 +230,15 @@ fn main() -> ExitCode {
     system.block_on(telemetry.shutdown());
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A BrokerAuthentication that does not compile is a configuration error, like one
+        // `Config::load` finds.
+        Err(e @ server::ServerError::Policy(_)) => {
+            tracing::error!("configuration rejected: {e}");
+            for line in e.to_string().lines() {
+                eprintln!("gatehouse: configuration rejected: {line}");
+            }
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("gatehouse: {e}");

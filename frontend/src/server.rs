@@ -23,7 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::auth::AllowAll;
+use crate::auth::{AllowAll, Authenticator};
+use crate::authclient::{AuthRuntime, AuthsvcClient, ClientOptions};
 use crate::config::{ClientLimits, Config, ListenerProtocol};
 use crate::connection::{ConnInfo, Connection, Shared};
 use crate::health::{Health, PortState};
@@ -46,6 +47,9 @@ pub struct RunOptions {
     pub health: Arc<Health>,
     /// Where the admin endpoint (`/metrics`, `/healthz`, `/readyz`) listens; `None` serves none.
     pub admin_listen: Option<SocketAddr>,
+    /// The authentication service replicas (`--authsvc`). Without URLs, ports with an
+    /// `authenticationRef` use a service started in this process on loopback.
+    pub authsvc: ClientOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,86 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Every problem of the `BrokerAuthentication` documents, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<authsvc::policy::PolicyError>),
+    #[error(transparent)]
+    AuthClient(#[from] crate::authclient::ClientError),
+    #[error("embedded authentication service: cannot listen on 127.0.0.1: {0}")]
+    EmbeddedAuthsvc(std::io::Error),
+}
+
+/// How the ports with an `authenticationRef` authenticate.
+struct Authentication {
+    /// `None` when no port needs one (no runtime, no channels).
+    client: Option<AuthsvcClient>,
+    /// Per policy: whether v5 clients get DISCONNECT when their credential expires.
+    expiry_disconnect: std::collections::BTreeMap<String, bool>,
+}
+
+/// Connects to the authentication service for the ports that need one: the `--authsvc`
+/// replicas, or else the service started here on loopback with this configuration's policies
+/// (compiled now, so a bad policy stops the broker with the field named).
+fn authentication(config: &Config, options: &RunOptions) -> Result<Authentication, ServerError> {
+    use authsvc::policy::{ExpiryAction, PolicyError, expiry_action};
+    let referenced: std::collections::BTreeSet<&String> = config
+        .listeners
+        .iter()
+        .filter_map(|p| p.authentication_ref.as_ref())
+        .collect();
+    if referenced.is_empty() {
+        return Ok(Authentication {
+            client: None,
+            expiry_disconnect: Default::default(),
+        });
+    }
+    let runtime = Arc::new(AuthRuntime::new()?);
+    let mut client_options = options.authsvc.clone();
+    if client_options.urls.is_empty() {
+        // Method builders may set up clients that spawn tasks: on the service's runtime.
+        let policies = {
+            let _entered = runtime.handle().enter();
+            authsvc::grpc::Policies::compile(config, options.secrets_dir.clone())
+                .map_err(ServerError::Policy)?
+        };
+        let service = authsvc::grpc::AuthService::new(policies);
+        let addr = crate::authclient::start_embedded(&runtime, service)
+            .map_err(ServerError::EmbeddedAuthsvc)?;
+        info!(%addr, "authentication service running in this process (no --authsvc given)");
+        client_options = ClientOptions {
+            urls: vec![format!("http://{addr}")],
+            ..ClientOptions::default()
+        };
+    }
+    // With --authsvc the policies are compiled by the service; the frontend still applies
+    // each referenced policy's expiryAction, so it checks those itself.
+    let mut expiry_disconnect = std::collections::BTreeMap::new();
+    let mut errors: Vec<PolicyError> = Vec::new();
+    for name in referenced {
+        // Configuration validation guarantees every reference is defined.
+        let Some(doc) = config.authentications.get(name) else {
+            continue;
+        };
+        match expiry_action(name, &doc.resource.spec) {
+            Ok(action) => {
+                expiry_disconnect.insert(name.clone(), action == ExpiryAction::Disconnect);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ServerError::Policy(errors));
+    }
+    let client = AuthsvcClient::connect(&client_options, runtime)?;
+    info!(
+        replicas = ?client_options.urls,
+        frontend_id = %client.frontend_id(),
+        "authenticating through the authentication service"
+    );
+    Ok(Authentication {
+        client: Some(client),
+        expiry_disconnect,
+    })
 }
 
 pub fn session_config(limits: &ClientLimits) -> SessionConfig {
@@ -180,17 +264,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
         .collect();
     let workers = Arc::new(workers);
 
+    let authentication = authentication(&config, &options)?;
     let tls_env = TlsEnv::new(options.secrets_dir.clone(), options.data_dir.clone());
     let documents = tls::Documents::from(&config);
     let mut bound = Vec::new();
     for port in &config.listeners {
-        if port.authentication_ref.is_some() || port.authorization_ref.is_some() {
-            warn!(
-                listener = %port.listener,
-                port = port.port,
-                "authenticationRef/authorizationRef are not enforced by this build yet; the port allows everyone"
-            );
-        }
         let addr = port.socket_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -230,14 +308,27 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             tls = tls.is_some(),
             "listening for MQTT"
         );
+        // Ports without authenticationRef let everyone in (scenario 19).
+        let (authenticator, expiry_disconnect): (Arc<dyn Authenticator>, bool) =
+            match (&port.authentication_ref, &authentication.client) {
+                (Some(policy), Some(client)) => (
+                    Arc::new(client.authenticator(policy)),
+                    authentication
+                        .expiry_disconnect
+                        .get(policy)
+                        .copied()
+                        .unwrap_or(false),
+                ),
+                _ => (Arc::new(AllowAll), false),
+            };
         let shared = Arc::new(Shared {
             router: router.clone(),
-            authenticator: Arc::new(AllowAll),
+            authenticator,
             // Authorization takes effect only together with authentication (broker-spec §1.2,
             // scenario 28).
             authorizer: match (&port.authentication_ref, &port.authorization_ref) {
                 (Some(_), Some(name)) => match policies.get(name) {
-                    Some(policy) => Arc::new(crate::authz::AbacAuthorizer::new(policy.clone())),
+                    Some(policy) => policy.authorizer(),
                     None => Arc::new(AllowAll),
                 },
                 _ => Arc::new(AllowAll),
@@ -245,7 +336,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             metrics: metrics.clone(),
             session_config: session_config(limits),
             listener_port: local.port(),
-            expiry_disconnect: false,
+            expiry_disconnect,
         });
         let endpoint = Endpoint {
             protocol: port.protocol,

@@ -394,6 +394,7 @@ impl Client {
             },
         };
         self.shared.stats.inc(Counter::ConnectSucc);
+        self.shared.stats.mark(Counter::ConnectSucc, now_ns());
         self.shared.mark_attempted();
         self.on_connack(&ack);
         let end = self.session(&mut r, &mut w, needs_flush).await;
@@ -708,12 +709,13 @@ impl Client {
     fn publish_due(&mut self, plan: &PubPlan) {
         let now = Instant::now();
         let mut budget = BATCH;
+        let sent_before = self.msg_cnt;
         while budget > 0 && self.next_due <= now && self.can_publish() {
             if let Some(limit) = &plan.limit
                 && !limit.take()
             {
                 self.limit_done = true;
-                return;
+                break;
             }
             self.publish_one(plan);
             budget -= 1;
@@ -725,6 +727,9 @@ impl Client {
                     self.shared.stats.inc(Counter::PubOverrun);
                 }
             }
+        }
+        if self.msg_cnt != sent_before {
+            self.shared.stats.mark(Counter::Pub, now_ns());
         }
     }
 
@@ -761,6 +766,7 @@ impl Client {
         let s = &self.shared;
         if self.recv_batch > 0 {
             s.stats.add(Counter::Recv, self.recv_batch);
+            s.stats.mark(Counter::Recv, now_ns());
             self.recv_batch = 0;
             if let Mode::Sub(SubPlan {
                 recv_limit: Some(limit),

@@ -97,6 +97,20 @@ impl Counter {
 #[derive(Default)]
 struct Slot(AtomicU64);
 
+/// When a counter first and last moved, in nanoseconds since the Unix epoch (0: never). Kept
+/// only for the counters in [`WINDOWED`], marked once per batch rather than per message, so the
+/// benchmark harness can compute rates over the interval where work happened (connection setup
+/// and the final drain excluded) and line up a publisher's first message with a subscriber's
+/// last one across processes.
+#[derive(Default)]
+struct Window {
+    first: AtomicU64,
+    last: AtomicU64,
+}
+
+/// The counters with a [`Window`], as they are named in `--json`'s `windows_unix`.
+pub const WINDOWED: [Counter; 3] = [Counter::Recv, Counter::Pub, Counter::ConnectSucc];
+
 /// Latency is recorded in microseconds, up to an hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
@@ -106,6 +120,7 @@ fn new_histogram() -> Histogram<u64> {
 
 pub struct Stats {
     slots: [Slot; COUNTERS],
+    windows: [Window; WINDOWED.len()],
     /// Sharded so that subscribers on different threads rarely wait for each other; the
     /// reporter drains every shard once a second.
     latency: Box<[Mutex<Histogram<u64>>]>,
@@ -115,6 +130,7 @@ impl Stats {
     pub fn new(latency_shards: usize) -> Stats {
         Stats {
             slots: Default::default(),
+            windows: Default::default(),
             latency: (0..latency_shards.max(1))
                 .map(|_| Mutex::new(new_histogram()))
                 .collect(),
@@ -133,6 +149,34 @@ impl Stats {
 
     pub fn get(&self, c: Counter) -> u64 {
         self.slots[c as usize].0.load(Ordering::Relaxed)
+    }
+
+    /// Note that `c` moved at `now_ns` (nanoseconds since the Unix epoch). A no-op for a counter
+    /// outside [`WINDOWED`].
+    pub fn mark(&self, c: Counter, now_ns: u64) {
+        let Some(i) = WINDOWED.iter().position(|&w| w == c) else {
+            return;
+        };
+        let w = &self.windows[i];
+        if w.first.load(Ordering::Relaxed) == 0 {
+            let _ = w
+                .first
+                .compare_exchange(0, now_ns, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        w.last.fetch_max(now_ns, Ordering::Relaxed);
+    }
+
+    /// `(first, last)` marks of a windowed counter, if it was ever marked.
+    fn window(&self, c: Counter) -> Option<(u64, u64)> {
+        let i = WINDOWED.iter().position(|&w| w == c)?;
+        let w = &self.windows[i];
+        match (
+            w.first.load(Ordering::Relaxed),
+            w.last.load(Ordering::Relaxed),
+        ) {
+            (0, _) => None,
+            (first, last) => Some((first, last.max(first))),
+        }
     }
 
     /// Record a batch of latency samples (µs) under one lock.
@@ -204,6 +248,8 @@ pub fn latency_line(elapsed: &str, h: &Histogram<u64>) -> String {
 /// The once-per-second printer. Keeps, per counter, the value and time of its last line.
 pub struct Reporter {
     start: Instant,
+    /// `start` as seconds since the Unix epoch.
+    start_unix: f64,
     last: [(Instant, u64); COUNTERS],
     peak: [f64; COUNTERS],
     window: Histogram<u64>,
@@ -212,8 +258,10 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(start: Instant) -> Reporter {
+        let since_start = start.elapsed().as_secs_f64();
         Reporter {
             start,
+            start_unix: crate::payload::now_ns() as f64 / 1e9 - since_start,
             last: [(start, 0); COUNTERS],
             peak: [0.0; COUNTERS],
             window: new_histogram(),
@@ -286,12 +334,21 @@ impl Reporter {
                 "max": ms(h.max()),
             })
         };
+        let mut windows = Map::new();
+        for c in WINDOWED {
+            let w = stats.window(c).map(
+                |(first, last)| json!({"first": first as f64 / 1e9, "last": last as f64 / 1e9}),
+            );
+            windows.insert(c.name().into(), w.unwrap_or(Value::Null));
+        }
         let cpu = own_cpu();
         json!({
             "tool": "gatehouse-bench",
             "command": command,
             "args": args,
             "elapsed_secs": round3(elapsed),
+            "started_at_unix": self.start_unix,
+            "windows_unix": windows,
             "counters": counters,
             "rates_per_sec": rates,
             "peak_rates_per_sec": peaks,
@@ -444,5 +501,24 @@ mod tests {
         assert_eq!(v["elapsed_secs"], 2.0);
         assert!(v["cpu"]["total_secs"].as_f64().unwrap() >= 0.0);
         assert!(v["max_rss_kb"].as_u64().unwrap() > 0);
+        assert!(v["windows_unix"]["recv"].is_null(), "{v}");
+        assert!(v["started_at_unix"].as_f64().unwrap() > 1.6e9);
+    }
+
+    #[test]
+    fn windows_keep_the_first_and_last_mark() {
+        let stats = Stats::new(1);
+        stats.mark(Counter::Recv, 2_000_000_000);
+        stats.mark(Counter::Recv, 5_500_000_000);
+        stats.mark(Counter::Recv, 3_000_000_000);
+        stats.mark(Counter::Sub, 1_000_000_000); // not windowed: ignored
+        let t0 = Instant::now();
+        let r = Reporter::new(t0);
+        let v = r.summary(&stats, t0, "sub", &[]);
+        assert_eq!(v["windows_unix"]["recv"]["first"], 2.0);
+        assert_eq!(v["windows_unix"]["recv"]["last"], 5.5);
+        assert!(v["windows_unix"]["pub"].is_null());
+        assert!(v["windows_unix"]["connect_succ"].is_null());
+        assert!(v["windows_unix"].get("sub").is_none());
     }
 }

@@ -6,7 +6,10 @@
 //! one file per topic, and everything here exists to keep them short and free of hangs (every
 //! wait is bounded).
 
+pub mod authsvc;
 pub mod broker;
+pub mod fake_custom_auth;
+pub mod fake_kube;
 pub mod mosquitto;
 pub mod pki;
 pub mod process;
@@ -14,6 +17,7 @@ pub mod raw;
 pub mod rumqtt;
 pub mod ws;
 
+pub use authsvc::Authsvc;
 pub use broker::{Broker, ReadyPort, broker_config, gatehouse_bin};
 pub use raw::{RawClient, Recv};
 

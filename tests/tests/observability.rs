@@ -209,8 +209,8 @@ async fn metrics_count_exactly_what_clients_did() {
             ("aio_broker_authentication_successes", 3),
             ("aio_broker_authentication_failures", 0),
             ("aio_broker_authentication_deny", 0),
-            // five PUBLISH topics and one SUBSCRIBE filter
-            ("aio_broker_authorization_allow", 6),
+            // three CONNECTs, five PUBLISH topics and one SUBSCRIBE filter
+            ("aio_broker_authorization_allow", 9),
             ("aio_broker_authorization_deny", 0),
             (
                 "aio_broker_qos0_messages_dropped{direction=\"incoming\"}",

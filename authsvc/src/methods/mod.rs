@@ -1,6 +1,7 @@
 //! One module per authentication method. Each implements [`crate::Method`] and exposes a
 //! [`Builder`] that `policy.rs` calls with the method's settings object.
 
+pub mod anonymous;
 pub mod custom;
 pub mod jwt;
 pub mod sat;
