@@ -1,13 +1,13 @@
 //! The authentication and authorization seams of a connection.
 //!
 //! [`Authenticator`] turns every credential a client presented into a typed outcome (allow with
-//! a principal and a credential expiry, deny with a reason code, or continue an enhanced
-//! authentication exchange), never a bool. [`Authorizer`] is the local PUBLISH/SUBSCRIBE check
-//! evaluated on the frontend; it is called per packet and must not do IO.
+//! a principal and a credential expiry, deny with a reason code, continue an enhanced
+//! authentication exchange, or "cannot decide now"), never a bool. [`Authorizer`] decides
+//! CONNECT and compiles the client's [`Permissions`], checked per packet without IO.
 //!
 //! This module holds the traits, the request/outcome types and the allow-all implementations
-//! used when a port has no `authenticationRef` / `authorizationRef`. The gRPC client for the
-//! authentication service and compiled policies plug in here later.
+//! used when a port has no `authenticationRef` / `authorizationRef`. The gRPC client of the
+//! authentication service is `authclient.rs`; compiled policies are `authz.rs`.
 
 use std::collections::BTreeMap;
 use std::future::Future;

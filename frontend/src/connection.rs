@@ -64,6 +64,42 @@ pub struct Shared {
     /// instead of only closing the network connection, which is the documented default
     /// (broker-spec §2.5).
     pub expiry_disconnect: bool,
+    /// The port's connected clients, so that an authorization policy update can reach them.
+    pub live: LiveConnections,
+}
+
+/// The connected clients of one port, by connection id.
+#[derive(Default)]
+pub struct LiveConnections {
+    conns: parking_lot::Mutex<std::collections::HashMap<u64, Addr<Connection>>>,
+}
+
+impl LiveConnections {
+    /// Tell every connected client that the port's authorization policy changed: each one
+    /// disconnects (`disconnect`), or recompiles its permissions and drops the subscriptions
+    /// they no longer cover.
+    pub fn policy_updated(&self, disconnect: bool) -> usize {
+        let conns: Vec<Addr<Connection>> = self.conns.lock().values().cloned().collect();
+        for c in &conns {
+            c.do_send(PolicyUpdated { disconnect });
+        }
+        conns.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The port's authorization policy was replaced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PolicyUpdated {
+    pub disconnect: bool,
 }
 
 /// Connection ids, unique within the process, for the authentication service.
@@ -673,6 +709,11 @@ impl Connection {
                     .connected_sessions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!(peer = %self.peer, client_id = self.client_id(), session_present = att.session_present, "client connected");
+                self.shared
+                    .live
+                    .conns
+                    .lock()
+                    .insert(self.connection_id, ctx.address());
                 let expiry = self.expiry;
                 self.arm_expiry(expiry, ctx);
                 let addr = ctx.address();
@@ -777,6 +818,7 @@ impl Connection {
         }
         self.finished = true;
         self.report_completed();
+        self.shared.live.conns.lock().remove(&self.connection_id);
         match &reason {
             CloseReason::Violation(e) => {
                 self.shared
@@ -911,6 +953,55 @@ impl Handler<Kick> for Connection {
     fn handle(&mut self, kick: Kick, ctx: &mut Context<Self>) {
         self.close_cause = Some(kick.reason.clone());
         self.session.disconnect(kick.code, Some(kick.reason), true);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<PolicyUpdated> for Connection {
+    type Result = ();
+    fn handle(&mut self, update: PolicyUpdated, ctx: &mut Context<Self>) {
+        let Some((client_id, session_id)) = self
+            .attachment
+            .as_ref()
+            .map(|a| (a.client_id.clone(), a.session_id))
+        else {
+            return;
+        };
+        if update.disconnect {
+            // As documented for AIO: clients connected when the policy changes are
+            // disconnected and evaluated afresh when they reconnect (scenario 40).
+            self.close_cause = Some("authorization policy changed".to_string());
+            self.session.disconnect(
+                ReasonCode::ADMINISTRATIVE_ACTION,
+                Some("authorization policy changed".to_string()),
+                true,
+            );
+            return self.pump(ctx);
+        }
+        match self.shared.authorizer.connect(&client_id, &self.principal) {
+            Err(why) => {
+                self.close_cause = Some(format!("not authorized under the new policy: {why}"));
+                self.session.disconnect(
+                    ReasonCode::NOT_AUTHORIZED,
+                    Some("not authorized under the new authorization policy".to_string()),
+                    true,
+                );
+            }
+            Ok(permissions) => {
+                let revoked: Vec<String> = self
+                    .shared
+                    .router
+                    .subscriptions(session_id)
+                    .into_iter()
+                    .filter(|f| !permissions.may_subscribe(f))
+                    .collect();
+                self.permissions = permissions;
+                if !revoked.is_empty() {
+                    info!(client_id = %client_id, filters = ?revoked, "authorization policy changed: subscriptions no longer allowed were removed");
+                    self.shared.router.unsubscribe(session_id, &revoked);
+                }
+            }
+        }
         self.pump(ctx);
     }
 }

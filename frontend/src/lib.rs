@@ -14,6 +14,7 @@ pub mod eventgrid;
 pub mod health;
 pub mod metrics;
 pub mod observability;
+pub mod policy_reload;
 pub mod router;
 pub mod server;
 pub mod store;

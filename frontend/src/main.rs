@@ -140,6 +140,19 @@ fn main() -> ExitCode {
     };
     // Policies are compiled before anything starts, so a bad rule (a token inside a topic
     // segment, an unknown method) is a configuration error with its field, exit 2.
+    let on_update_errors: Vec<_> = config
+        .authorizations
+        .iter()
+        .filter_map(|(name, doc)| {
+            frontend::policy_reload::on_update(name, &doc.resource.spec).err()
+        })
+        .collect();
+    if !on_update_errors.is_empty() {
+        for e in on_update_errors {
+            eprintln!("gatehouse: configuration rejected: {e}");
+        }
+        return ExitCode::from(2);
+    }
     if let Err(errors) = frontend::authz::compile_all(&config.authorizations) {
         for e in errors {
             eprintln!("gatehouse: configuration rejected: {e}");
@@ -225,6 +238,7 @@ fn main() -> ExitCode {
         workers: cli
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        config_path: cli.config.clone(),
     };
     let result = system.block_on(server::run(config, options));
     system.block_on(telemetry.shutdown());

@@ -269,6 +269,8 @@ pub trait Router: Send + Sync + 'static {
     fn unsubscribe(&self, session_id: u64, filters: &[String]) -> Vec<ReasonCode>;
     /// The session is finished with these delivery tags (see `Delivery::tag`).
     fn acknowledged(&self, client_id: &str, tags: &[u64]);
+    /// The filters a session subscribes to, as requested.
+    fn subscriptions(&self, session_id: u64) -> Vec<String>;
     /// A ticket covering every change made so far, when acknowledgements wait for the store
     /// (CONNACK and SUBACK of a persistent session wait for it, so that a session or
     /// subscription the client was told about exists after a crash).
@@ -1234,6 +1236,15 @@ impl Router for LocalRouter {
             self.persist_session(entry);
         }
         codes
+    }
+
+    fn subscriptions(&self, session_id: u64) -> Vec<String> {
+        self.tables
+            .lock()
+            .sessions
+            .get(&session_id)
+            .map(|e| e.subscriptions.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn sync_point(&self) -> Option<Ticket> {

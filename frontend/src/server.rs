@@ -50,6 +50,8 @@ pub struct RunOptions {
     /// The authentication service replicas (`--authsvc`). Without URLs, ports with an
     /// `authenticationRef` use a service started in this process on loopback.
     pub authsvc: ClientOptions,
+    /// `--config`, watched for authorization policy updates; `None` for the embedded default.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +260,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     let (router, store) = open_router(&config, &options, &metrics)?;
     let policies =
         crate::authz::compile_all(&config.authorizations).map_err(ServerError::Authorization)?;
+    let on_update_errors: Vec<_> = config
+        .authorizations
+        .iter()
+        .filter_map(|(name, doc)| crate::policy_reload::on_update(name, &doc.resource.spec).err())
+        .collect();
+    if !on_update_errors.is_empty() {
+        return Err(ServerError::Authorization(on_update_errors));
+    }
+    let mut reloadable = Vec::new();
     crate::observability::register_metrics(&metrics, &router);
     let workers: Vec<Arbiter> = (0..options.workers.max(1))
         .map(|_| Arbiter::new())
@@ -269,6 +280,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     let documents = tls::Documents::from(&config);
     let mut bound = Vec::new();
     for port in &config.listeners {
+        let mut port_authorizer = None;
         let addr = port.socket_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -328,7 +340,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             // scenario 28).
             authorizer: match (&port.authentication_ref, &port.authorization_ref) {
                 (Some(_), Some(name)) => match policies.get(name) {
-                    Some(policy) => policy.authorizer(),
+                    Some(policy) => {
+                        let a = Arc::new(crate::policy_reload::PortAuthorizer::new(
+                            policy.authorizer(),
+                        ));
+                        port_authorizer = Some((name.clone(), a.clone()));
+                        a
+                    }
+                    // Validation guarantees the reference exists.
                     None => Arc::new(AllowAll),
                 },
                 _ => Arc::new(AllowAll),
@@ -337,7 +356,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
             session_config: session_config(limits),
             listener_port: local.port(),
             expiry_disconnect,
+            live: Default::default(),
         });
+        if let Some((policy, authorizer)) = port_authorizer.take() {
+            reloadable.push(crate::policy_reload::Port {
+                policy,
+                authorizer,
+                shared: shared.clone(),
+            });
+        }
         let endpoint = Endpoint {
             protocol: port.protocol,
             tls: tls.as_ref().map(PortTls::slot),
@@ -401,7 +428,26 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
         }
     }
 
+    let policy_watch = match (&options.config_path, reloadable.is_empty()) {
+        (Some(path), false) => {
+            let specs = config
+                .authorizations
+                .iter()
+                .map(|(name, doc)| (name.clone(), doc.resource.spec.clone()))
+                .collect();
+            Some(actix_rt::spawn(crate::policy_reload::watch(
+                path.clone(),
+                specs,
+                reloadable,
+            )))
+        }
+        _ => None,
+    };
+
     shutdown_signal().await;
+    if let Some(task) = policy_watch {
+        task.abort();
+    }
     info!("shutting down: no new connections; telling clients the server is going away");
     for t in &tasks {
         t.abort();

@@ -73,6 +73,7 @@ async fn the_verified_client_chain_reaches_authentication() {
             session_config: session_config(&ClientLimits::default()),
             listener_port: 8883,
             expiry_disconnect: false,
+            live: Default::default(),
         }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
