@@ -154,6 +154,18 @@ pub trait Permissions: Send + Sync + 'static {
     fn may_publish(&self, topic: &str) -> bool;
     /// `filter` as requested, possibly `$share/group/...`.
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// The identity that owns the client's sessions, when the model has one (Event Grid):
+    /// its sessions are limited in number and cannot be taken over by another identity.
+    fn session_owner(&self) -> Option<SessionOwner> {
+        None
+    }
+}
+
+/// Who owns a session, and how many sessions that identity may hold at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOwner {
+    pub identity: Arc<str>,
+    pub max_sessions: u32,
 }
 
 /// Ports without `authorizationRef`, or with one but no `authenticationRef` (broker-spec §1.2,

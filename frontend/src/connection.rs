@@ -633,6 +633,7 @@ impl Connection {
         });
         let request = ConnectRequest {
             client_id: client_id.clone(),
+            owner: self.permissions.session_owner(),
             clean_start: connect.clean_start,
             session_expiry: self.session.session_expiry(),
             will: connect.will.clone(),
@@ -646,6 +647,12 @@ impl Connection {
                 ctx.wait(wait.into_actor(self).map(move |_, act, ctx| {
                     span.in_scope(|| act.attach(auth_data, true, ctx));
                 }));
+            }
+            ConnectOutcome::Refused(code, why) => {
+                tracing::Span::current().record("outcome", "refused");
+                self.close_cause = Some(format!("CONNECT refused: {why}"));
+                self.session.reject_connect(code, Some(why));
+                self.pump(ctx);
             }
             ConnectOutcome::Attached(att) => {
                 let attached = (att, client_id, assigned, auth_data);

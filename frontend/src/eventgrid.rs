@@ -1207,6 +1207,7 @@ impl EventGridPolicy {
             groups,
             publish,
             subscribe,
+            max_sessions: self.max_sessions_per_authentication_name,
         })
     }
 }
@@ -1214,6 +1215,8 @@ impl EventGridPolicy {
 /// What one connected client may do, rendered at CONNECT. Checked per packet, locally.
 pub struct EventGridPermissions {
     authentication_name: String,
+    /// `maxSessionsPerAuthenticationName`, enforced by the router (scenarios 54, 55).
+    max_sessions: u32,
     groups: Vec<String>,
     /// Rendered templates of `Publisher` spaces; a topic is allowed when any matches.
     publish: SubscriptionTrie<String, ()>,
@@ -1254,6 +1257,12 @@ impl EventGridPermissions {
 impl crate::auth::Permissions for EventGridPermissions {
     fn may_publish(&self, topic: &str) -> bool {
         EventGridPermissions::may_publish(self, topic)
+    }
+    fn session_owner(&self) -> Option<crate::auth::SessionOwner> {
+        Some(crate::auth::SessionOwner {
+            identity: self.authentication_name.as_str().into(),
+            max_sessions: self.max_sessions,
+        })
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         EventGridPermissions::may_subscribe(self, filter)

@@ -200,6 +200,9 @@ impl Drop for Outbox {
 /// What a connection asks for when its CONNECT was accepted by authentication.
 pub struct ConnectRequest {
     pub client_id: String,
+    /// The identity that owns the session (Event Grid multi-session), if the port's
+    /// authorization has one.
+    pub owner: Option<crate::auth::SessionOwner>,
     pub clean_start: bool,
     pub session_expiry: u32,
     pub will: Option<Will>,
@@ -221,6 +224,9 @@ pub enum ConnectOutcome {
     /// Another connection holds the client id: it has been told to close with 0x8E. Wait for
     /// it (bounded), then call `connect` again with `force`.
     TakeoverPending(tokio::sync::oneshot::Receiver<()>),
+    /// Refused: CONNACK with this code (the client id belongs to another identity, or the
+    /// identity holds its maximum number of sessions).
+    Refused(ReasonCode, String),
 }
 
 /// What a connection leaves behind when it ends.
@@ -301,6 +307,8 @@ struct ClientEntry {
     session_expiry: u32,
     /// When the last connection ended (wall clock, for the store); `None` while connected.
     offline_since: Option<SystemTime>,
+    /// The identity owning the session (Event Grid multi-session), if any.
+    owner: Option<Arc<str>>,
     session_id: u64,
     generation: u64,
     outbox: Arc<Outbox>,
@@ -318,6 +326,8 @@ struct Tables {
     /// Keyed by the inner filter; the trie key is the group name.
     shared: SubscriptionTrie<Arc<str>, SharedGroup>,
     retained: HashMap<String, Arc<Message>>,
+    /// Sessions (online or offline) per owning identity.
+    owned: HashMap<Arc<str>, u32>,
     next_session_id: u64,
     /// Per-PUBLISH scratch space, kept to avoid an allocation per message.
     scratch: Vec<(u64, Subscription)>,
@@ -399,6 +409,7 @@ impl LocalRouter {
                 subs: SubscriptionTrie::new(),
                 shared: SubscriptionTrie::new(),
                 retained: HashMap::new(),
+                owned: HashMap::new(),
                 next_session_id: 1,
                 scratch: Vec::new(),
             }),
@@ -434,7 +445,13 @@ impl LocalRouter {
         });
         Some(store.submit(Op::PutSession {
             client_id: e.key.clone(),
-            record: store::session_record(e.session_expiry, e.offline_since, &subs, will.as_ref()),
+            record: store::session_record(
+                e.session_expiry,
+                e.offline_since,
+                &subs,
+                will.as_ref(),
+                e.owner.as_deref(),
+            ),
         }))
     }
 
@@ -570,6 +587,9 @@ impl LocalRouter {
                 }
             }
             entry_timers.expire_after = remaining.map(Duration::from_secs);
+            if let Some(o) = &s.owner {
+                *t.owned.entry(Arc::from(o.as_str())).or_insert(0) += 1;
+            }
             t.by_client_id.insert(s.client_id.clone(), sid);
             t.sessions.insert(
                 sid,
@@ -578,6 +598,7 @@ impl LocalRouter {
                     client_id: s.client_id.clone(),
                     session_expiry: s.session_expiry,
                     offline_since: s.disconnected_at.or(Some(now_wall)),
+                    owner: s.owner.as_deref().map(Arc::from),
                     session_id: sid,
                     generation,
                     outbox,
@@ -654,6 +675,43 @@ impl LocalRouter {
         (entry.generation == generation && entry.online.is_none()).then_some(sid)
     }
 
+    /// Event Grid multi-session rules (scenarios 54, 55): a client id owned by one identity
+    /// cannot be used by another, and an identity holds at most `max_sessions` sessions —
+    /// online or offline-but-unexpired. Resuming or taking over one of its own sessions is
+    /// always allowed.
+    fn check_owner(t: &Tables, req: &ConnectRequest) -> Option<ConnectOutcome> {
+        let existing = t
+            .by_client_id
+            .get(&req.client_id)
+            .and_then(|sid| t.sessions.get(sid));
+        let requester = req.owner.as_ref();
+        match (existing.and_then(|e| e.owner.as_ref()), requester) {
+            (Some(holder), Some(r)) if **holder != *r.identity => {
+                return Some(ConnectOutcome::Refused(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "the client identifier belongs to another identity".to_string(),
+                ));
+            }
+            (Some(_), None) => {
+                return Some(ConnectOutcome::Refused(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "the client identifier belongs to an identity".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        let r = requester?;
+        let reuses_own = existing.is_some_and(|e| e.owner.is_some());
+        let held = t.owned.get(&r.identity).copied().unwrap_or(0);
+        // Scenario 54 answers with 0x87, as Event Grid does, rather than 0x97.
+        (!reuses_own && held >= r.max_sessions).then(|| {
+            ConnectOutcome::Refused(
+                ReasonCode::NOT_AUTHORIZED,
+                format!("this identity already holds {held} session(s), the maximum it may have"),
+            )
+        })
+    }
+
     /// Removes a session from the tables and from the store.
     fn end_session(&self, t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
         let entry = Self::remove_session(t, session_id)?;
@@ -667,6 +725,14 @@ impl LocalRouter {
 
     fn remove_session(t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
         let entry = t.sessions.remove(&session_id)?;
+        if let Some(owner) = &entry.owner
+            && let Some(n) = t.owned.get_mut(owner)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.owned.remove(owner);
+            }
+        }
         t.by_client_id.remove(&entry.client_id);
         for filter in entry.subscriptions.keys() {
             Self::remove_subscription(t, session_id, filter);
@@ -778,6 +844,9 @@ impl LocalRouter {
 impl Router for LocalRouter {
     fn connect(&self, req: ConnectRequest, force: bool, now: Instant) -> ConnectOutcome {
         let mut t = self.tables.lock();
+        if let Some(refusal) = Self::check_owner(&t, &req) {
+            return refusal;
+        }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let mut forced_will = None;
         if let Some(&sid) = t.by_client_id.get(&req.client_id) {
@@ -828,6 +897,13 @@ impl Router for LocalRouter {
                 entry.will = req.will;
                 entry.outbox.set_control(Some(req.control));
                 entry.offline_since = None;
+                if entry.owner.is_none()
+                    && let Some(o) = &req.owner
+                {
+                    entry.owner = Some(o.identity.clone());
+                    *t.owned.entry(o.identity.clone()).or_insert(0) += 1;
+                }
+                let entry = t.sessions.get_mut(&sid).expect("present");
                 let was_persistent = entry.session_expiry != 0;
                 entry.session_expiry = req.session_expiry;
                 if entry.session_expiry != 0 {
@@ -856,6 +932,10 @@ impl Router for LocalRouter {
         }
         let sid = t.next_session_id;
         t.next_session_id += 1;
+        let owner = req.owner.as_ref().map(|o| o.identity.clone());
+        if let Some(o) = &owner {
+            *t.owned.entry(o.clone()).or_insert(0) += 1;
+        }
         let outbox = Arc::new(Outbox::new(self.budget.clone()));
         outbox.set_control(Some(req.control.clone()));
         t.by_client_id.insert(req.client_id.clone(), sid);
@@ -866,6 +946,7 @@ impl Router for LocalRouter {
                 client_id: req.client_id,
                 session_expiry: req.session_expiry,
                 offline_since: None,
+                owner,
                 session_id: sid,
                 generation,
                 outbox: outbox.clone(),

@@ -90,6 +90,7 @@ impl Harness {
         let conn = Arc::new(FakeConn::default());
         let outcome = self.router.connect(
             ConnectRequest {
+                owner: None,
                 client_id: id.into(),
                 clean_start,
                 session_expiry: 0,
@@ -114,6 +115,7 @@ impl Harness {
                 conn,
             },
             (ConnectOutcome::TakeoverPending(_), _) => panic!("{id}: expected Attached"),
+            (ConnectOutcome::Refused(code, why), _) => panic!("{id}: refused {code}: {why}"),
         }
     }
 
@@ -1627,6 +1629,7 @@ fn budget_never_underflows_while_a_connection_drains_concurrently() {
     let conn: Arc<dyn ConnControl> = Arc::new(FakeConn::default());
     let ConnectOutcome::Attached(s) = router.connect(
         ConnectRequest {
+            owner: None,
             client_id: "s".into(),
             clean_start: true,
             session_expiry: 0,
@@ -1739,6 +1742,7 @@ mod stored {
     fn attach(r: &LocalRouter, id: &str, expiry: u32, will: Option<Will>) -> Attached {
         match r.connect(
             ConnectRequest {
+                owner: None,
                 client_id: id.into(),
                 clean_start: false,
                 session_expiry: expiry,
@@ -1750,6 +1754,7 @@ mod stored {
         ) {
             ConnectOutcome::Attached(a) => a,
             ConnectOutcome::TakeoverPending(_) => panic!("takeover"),
+            ConnectOutcome::Refused(code, why) => panic!("refused {code}: {why}"),
         }
     }
 
@@ -1942,5 +1947,110 @@ mod stored {
             .map(|d| d.message.payload.clone())
             .collect();
         assert_eq!(got, vec![Bytes::from_static(b"bye")]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event Grid multi-session: sessions owned by an identity
+// ---------------------------------------------------------------------------------------------
+
+mod owners {
+    use super::*;
+    use crate::auth::SessionOwner;
+
+    fn connect(
+        r: &LocalRouter,
+        id: &str,
+        owner: &str,
+        max: u32,
+        force: bool,
+    ) -> (ConnectOutcome, Arc<FakeConn>) {
+        let conn = Arc::new(FakeConn::default());
+        let out = r.connect(
+            ConnectRequest {
+                owner: Some(SessionOwner {
+                    identity: owner.into(),
+                    max_sessions: max,
+                }),
+                client_id: id.into(),
+                clean_start: false,
+                session_expiry: 3600,
+                will: None,
+                control: conn.clone(),
+            },
+            force,
+            Instant::now(),
+        );
+        (out, conn)
+    }
+
+    fn attached(out: ConnectOutcome) -> Attached {
+        match out {
+            ConnectOutcome::Attached(a) => a,
+            ConnectOutcome::TakeoverPending(_) => panic!("takeover pending"),
+            ConnectOutcome::Refused(code, why) => panic!("refused {code}: {why}"),
+        }
+    }
+
+    fn refused(out: ConnectOutcome) -> (ReasonCode, String) {
+        match out {
+            ConnectOutcome::Refused(code, why) => (code, why),
+            _ => panic!("expected a refusal"),
+        }
+    }
+
+    fn detach(r: &LocalRouter, id: &str, a: &Attached) {
+        r.detach(
+            Detach {
+                client_id: id.into(),
+                generation: a.generation,
+                state: SessionState::default(),
+                session_expiry: 3600,
+                publish_will: false,
+            },
+            Instant::now(),
+        );
+    }
+
+    /// Scenario 54: at most two sessions for `app`; an offline-but-unexpired session still
+    /// counts; a session that ends frees its slot.
+    #[test]
+    fn an_identity_holds_at_most_its_maximum_of_sessions() {
+        let r = LocalRouter::new(RouterLimits::default(), Arc::new(Metrics::default()));
+        let s1 = attached(connect(&r, "s1", "app", 2, false).0);
+        let _s2 = attached(connect(&r, "s2", "app", 2, false).0);
+        detach(&r, "s1", &s1);
+        let (code, why) = refused(connect(&r, "s3", "app", 2, false).0);
+        assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+        assert!(why.contains("2 session"), "{why}");
+        // Its own offline session can always be resumed.
+        let s1 = attached(connect(&r, "s1", "app", 2, false).0);
+        assert!(s1.session_present);
+        // Another identity is not affected.
+        attached(connect(&r, "s3", "other", 2, false).0);
+        // When s1's session ends, app may open s3... which belongs to `other` now: s4.
+        detach(&r, "s1", &s1);
+        r.expire_session("s1", s1.generation, Instant::now());
+        attached(connect(&r, "s4", "app", 2, false).0);
+    }
+
+    /// Scenario 55: a client id owned by one identity cannot be taken over by another
+    /// (0x87); the same identity takes over, and the old connection gets 0x8E.
+    #[test]
+    fn only_the_owning_identity_may_use_or_take_over_a_client_id() {
+        let r = LocalRouter::new(RouterLimits::default(), Arc::new(Metrics::default()));
+        let (out, old_conn) = connect(&r, "s1", "app", 2, false);
+        attached(out);
+        let (code, _) = refused(connect(&r, "s1", "other", 2, false).0);
+        assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+        assert!(
+            old_conn.kick_codes().is_empty(),
+            "the owner is not disturbed"
+        );
+        match connect(&r, "s1", "app", 2, false).0 {
+            ConnectOutcome::TakeoverPending(_) => {}
+            _ => panic!("the owner takes over"),
+        }
+        assert_eq!(old_conn.kick_codes(), vec![ReasonCode::SESSION_TAKEN_OVER]);
     }
 }

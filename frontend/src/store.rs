@@ -172,6 +172,8 @@ pub struct StoredSession {
     pub disconnected_at: Option<SystemTime>,
     pub subscriptions: Vec<StoredSubscription>,
     pub will: Option<StoredWill>,
+    /// The identity owning the session (Event Grid multi-session), if any.
+    pub owner: Option<String>,
     /// In the order they were queued.
     pub deliveries: Vec<StoredDelivery>,
 }
@@ -649,12 +651,14 @@ fn decode_delivery(seq: u64, buf: &[u8]) -> Result<StoredDelivery, String> {
     })
 }
 
-/// A session record: expiry, disconnect time, subscriptions, will.
+/// A session record: expiry, disconnect time, subscriptions, will, owner. The owner came
+/// after the first records were written, so it is optional at the end.
 pub fn session_record(
     session_expiry: u32,
     disconnected_at: Option<SystemTime>,
     subscriptions: &[StoredSubscription],
     will: Option<&StoredWill>,
+    owner: Option<&str>,
 ) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u8(RECORD_VERSION);
@@ -686,6 +690,9 @@ pub fn session_record(
                 &mut out,
             );
         }
+    }
+    if let Some(owner) = owner {
+        put_str(&mut out, owner);
     }
     out.freeze()
 }
@@ -732,12 +739,18 @@ fn decode_session(client_id: &str, buf: &[u8]) -> Result<StoredSession, String> 
             })
         }
     };
+    let owner = if buf.is_empty() {
+        None
+    } else {
+        Some(get_str(&mut buf)?)
+    };
     Ok(StoredSession {
         client_id: client_id.to_string(),
         session_expiry,
         disconnected_at,
         subscriptions,
         will,
+        owner,
         deliveries: Vec::new(),
     })
 }
@@ -809,12 +822,13 @@ mod tests {
             id: Some(9),
         }];
         let at = UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
-        let rec = session_record(3600, Some(at), &subs, Some(&will));
+        let rec = session_record(3600, Some(at), &subs, Some(&will), Some("identity-1"));
         let s = decode_session("c1", &rec).unwrap();
         assert_eq!(s.session_expiry, 3600);
         assert_eq!(s.disconnected_at, Some(at));
         assert_eq!(s.subscriptions, subs);
         assert_eq!(s.will, Some(will));
+        assert_eq!(s.owner.as_deref(), Some("identity-1"));
     }
 
     #[test]
@@ -824,7 +838,7 @@ mod tests {
         for cut in 0..d.len() {
             assert!(decode_delivery(1, &d[..cut]).is_err(), "cut at {cut}");
         }
-        let s = session_record(1, None, &[], None);
+        let s = session_record(1, None, &[], None, None);
         for cut in 0..s.len() {
             assert!(decode_session("c", &s[..cut]).is_err(), "cut at {cut}");
         }
@@ -843,7 +857,7 @@ mod tests {
             for c in [&c1, &c2] {
                 s.submit(Op::PutSession {
                     client_id: c.clone(),
-                    record: session_record(60, None, &[], None),
+                    record: session_record(60, None, &[], None, None),
                 });
             }
             let mut seqs = Vec::new();
