@@ -639,6 +639,12 @@ pub struct ClientPermissions {
     cache: Option<Mutex<HashMap<String, bool>>>,
 }
 
+/// Decisions answered from a client's cache, and decisions that walked the compiled rules:
+/// exported as `gatehouse_authorization_cache_hits` / `gatehouse_authorization_evaluations`
+/// so that an operator can see the cache work (scenario 41). Process-wide, like the metrics.
+pub static CACHE_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static RULE_EVALUATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The cache forgets everything beyond this many topics.
 const CACHE_LIMIT: usize = 4096;
 
@@ -647,8 +653,10 @@ impl ClientPermissions {
         if let Some(cache) = &self.cache
             && let Some(&hit) = cache.lock().get(topic)
         {
+            CACHE_HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return hit;
         }
+        RULE_EVALUATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut allowed = false;
         self.publish.for_each_match(topic, |_, _| allowed = true);
         if let Some(cache) = &self.cache {

@@ -310,3 +310,32 @@ authorizationPolicies:
         ]
     );
 }
+
+/// Scenario 41: with the cache on, repeated publishes to one topic evaluate the rules once
+/// (observable through the counters `/metrics` exports); with it off, every time. A new
+/// policy gives new permissions and so a new, empty cache. (nextest runs each test in its own
+/// process, so the process-wide counters start at zero here.)
+#[test]
+fn cache_is_observable_through_its_counters_scenario_41() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let yaml = |cache: &str| {
+        format!(
+            "authorizationPolicies:\n  cache: {cache}\n  rules:\n    - principals: {{clientIds: [c]}}\n      brokerResources: [{{method: Connect}}, {{method: Publish, topics: [t/+]}}]\n"
+        )
+    };
+    let counts = || (RULE_EVALUATIONS.load(Relaxed), CACHE_HITS.load(Relaxed));
+    let start = counts();
+    let cached = policy(&yaml("Enabled")).connect("c", &principal(None, &[])).unwrap();
+    for _ in 0..3 {
+        assert!(cached.may_publish("t/1"));
+    }
+    assert_eq!(counts(), (start.0 + 1, start.1 + 2));
+    let uncached = policy(&yaml("Disabled")).connect("c", &principal(None, &[])).unwrap();
+    for _ in 0..3 {
+        assert!(uncached.may_publish("t/1"));
+    }
+    assert_eq!(counts(), (start.0 + 4, start.1 + 2));
+    let fresh = policy(&yaml("Enabled")).connect("c", &principal(None, &[])).unwrap();
+    assert!(fresh.may_publish("t/1"));
+    assert_eq!(counts().0, start.0 + 5, "a new compilation starts with an empty cache");
+}

@@ -102,6 +102,16 @@ pub struct PolicyUpdated {
     pub disconnect: bool,
 }
 
+/// The broker's self-check namespace (broker-spec §4.4): no client publishes or subscribes
+/// there, whatever its authorization says (scenario 43).
+const RESERVED_PREFIX: &str = "azedge/dmqtt/selftest";
+
+fn reserved(topic_or_filter: &str) -> bool {
+    topic_or_filter
+        .strip_prefix(RESERVED_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Connection ids, unique within the process, for the authentication service.
 static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -410,7 +420,9 @@ impl Connection {
                 let (code, reason) = if !self
                     .shared
                     .metrics
-                    .authorization(self.permissions.may_publish(&message.topic))
+                    .authorization(
+                        !reserved(&message.topic) && self.permissions.may_publish(&message.topic),
+                    )
                 {
                     debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
                     (
@@ -446,7 +458,7 @@ impl Connection {
                         let allowed = self
                             .shared
                             .metrics
-                            .authorization(self.permissions.may_subscribe(f));
+                            .authorization(!reserved(f) && self.permissions.may_subscribe(f));
                         if !allowed {
                             debug!(client_id = %att.client_id, filter = %f, "subscribe not authorized");
                         }
@@ -774,7 +786,32 @@ impl Connection {
                         principal.attributes = act.principal.attributes.clone();
                     }
                     match act.shared.authorizer.connect(act.client_id(), &principal) {
-                        Ok(permissions) => act.permissions = permissions,
+                        Ok(permissions) => {
+                            // Scenario 59: new attributes can move the client out of the
+                            // groups or rules its live subscriptions rely on; then it is
+                            // disconnected rather than left with subscriptions it may not have.
+                            let revoked = act.attachment.as_ref().is_some_and(|a| {
+                                act.shared
+                                    .router
+                                    .subscriptions(a.session_id)
+                                    .iter()
+                                    .any(|f| !permissions.may_subscribe(f))
+                            });
+                            if revoked {
+                                act.close_cause = Some(
+                                    "client authorization error: subscriptions no longer allowed after re-authentication"
+                                        .to_string(),
+                                );
+                                act.session.disconnect(
+                                    ReasonCode::NOT_AUTHORIZED,
+                                    Some("subscriptions no longer authorized".to_string()),
+                                    true,
+                                );
+                                act.pump(ctx);
+                                return;
+                            }
+                            act.permissions = permissions;
+                        }
                         Err(why) => {
                             act.close_cause =
                                 Some(format!("not authorized after re-authentication: {why}"));

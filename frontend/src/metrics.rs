@@ -302,6 +302,16 @@ impl Metrics {
                 "PUBLISH topics and SUBSCRIBE filters that authorization refused.",
                 &self.authorization_denied,
             ),
+            counter(
+                "gatehouse_authorization_cache_hits",
+                "PUBLISH authorization decisions answered from the client's decision cache.",
+                &crate::authz::CACHE_HITS,
+            ),
+            counter(
+                "gatehouse_authorization_evaluations",
+                "PUBLISH authorization decisions that evaluated the client's compiled rules.",
+                &crate::authz::RULE_EVALUATIONS,
+            ),
             Family {
                 name: "gatehouse_server_disconnects",
                 help: "Connections the broker closed, by the reason code the client was given.",

@@ -273,3 +273,49 @@ async fn serve(body: String) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// Scenario 59: an Event Grid group query (`attributes.floor <= 5 and attributes.type =
+/// "sensor"`) decides membership from JWT claims; a re-authentication whose new claims move
+/// the client out of the group its live subscription relies on disconnects it (0x87), while
+/// one that keeps it in the group keeps the connection.
+#[tokio::test]
+async fn group_membership_is_re_evaluated_on_reauthentication() {
+    let issuer = Issuer::new();
+    let authz = r#"---
+apiVersion: mqttbroker.iotoperations.azure.com/v1
+kind: BrokerAuthorization
+metadata: {name: eg}
+spec:
+  eventGrid:
+    clientGroups:
+      - {name: low-sensors, query: 'attributes.floor <= 5 and attributes.type = "sensor"'}
+    topicSpaces:
+      - name: alerts
+        topicTemplates: ['alerts/#']
+      - name: own
+        topicTemplates: ['devices/${client.authenticationName}/#']
+    permissionBindings:
+      - {name: sensors-read, clientGroupName: low-sensors, topicSpaceName: alerts, permission: Subscriber}
+      - {name: everyone-own, clientGroupName: $all, topicSpaceName: own, permission: Publisher}
+"#;
+    let yaml = listener(&[("jwt-auth", Some("eg"))])
+        + &jwt_auth("jwt-auth", json!({"issuerCertificates": [issuer.cert_pem]}))
+        + authz;
+    let broker = Broker::start(&yaml);
+
+    let sensor =
+        |floor: i64| issuer.token(None, "dev1", 300, json!({"floor": floor, "type": "sensor"}));
+    let (mut c, ack) = RawClient::connect(broker.addr(), jwt_connect(&sensor(3))).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}");
+    c.subscribe("alerts/fire", QoS::AtLeastOnce).await;
+
+    // Still in the group: the re-authentication succeeds and the connection stays.
+    reauthenticate(&mut c, &sensor(5)).await;
+    assert_eq!(expect_auth(&mut c).await.code, ReasonCode::SUCCESS);
+    c.sync().await;
+
+    // Floor 7 leaves `low-sensors`: the live subscription is no longer allowed.
+    reauthenticate(&mut c, &sensor(7)).await;
+    let d = c.expect_disconnect(WAIT).await;
+    assert_eq!(d.code, ReasonCode::NOT_AUTHORIZED);
+}
