@@ -21,29 +21,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where the `authsvc` binary is: `$AUTHSVC_BIN`, else next to this test binary's `deps/`
 /// folder, else `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`.
 pub fn authsvc_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("AUTHSVC_BIN") {
-        return PathBuf::from(bin);
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(profile_dir) = exe.parent().and_then(Path::parent)
-    {
-        candidates.push(profile_dir.join("authsvc"));
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug/authsvc"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/authsvc"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "authsvc binary not found (looked at {candidates:?}); build it with \
-                 `cargo build -p authsvc --bin authsvc` or set AUTHSVC_BIN"
-            )
-        })
+    process::workspace_bin(
+        "authsvc",
+        "AUTHSVC_BIN",
+        "cargo build -p authsvc --bin authsvc",
+    )
 }
 
 /// Run `authsvc` with `args` to completion (e.g. to see a configuration rejected), bounded.

@@ -56,30 +56,11 @@ pub struct ReadyPort {
 /// `deps/` folder (which follows whatever target dir and profile cargo used), else
 /// `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`.
 pub fn gatehouse_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("GATEHOUSE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        // target/debug/deps/<test binary> -> target/debug/gatehouse
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("gatehouse"));
-        }
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug/gatehouse"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gatehouse"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "gatehouse binary not found (looked at {candidates:?}); build it with \
-             `cargo build -p frontend --bin gatehouse` or set GATEHOUSE_BIN"
-            )
-        })
+    process::workspace_bin(
+        "gatehouse",
+        "GATEHOUSE_BIN",
+        "cargo build -p frontend --bin gatehouse",
+    )
 }
 
 /// Run the `gatehouse` binary with `args` to completion (for subcommands such as

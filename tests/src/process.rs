@@ -4,6 +4,7 @@
 //! It knows nothing about MQTT or about which tool it runs.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -125,4 +126,35 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
         let _ = pipe.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     })
+}
+
+/// Where a binary of this workspace is: `$<env_var>`, else next to this test binary's `deps/`
+/// folder (which follows whatever target dir and profile cargo used), else
+/// `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`. `build` is the command that
+/// builds it, for the panic message.
+pub fn workspace_bin(name: &str, env_var: &str, build: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env_var) {
+        return PathBuf::from(bin);
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(profile_dir) = exe.parent().and_then(Path::parent)
+    {
+        candidates.push(profile_dir.join(name));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("debug").join(name));
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name),
+    );
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("{name} binary not found (looked at {candidates:?}); build it with `{build}` or set {env_var}")
+        })
 }
