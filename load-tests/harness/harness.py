@@ -24,6 +24,7 @@ not start).
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import datetime as dt
 import json
@@ -85,8 +86,24 @@ LATENCY_METRICS = [
 ]
 CONNRATE_METRICS = [
     ("conn_per_sec", "TLS connections/s (TCP + handshake + CONNECT/CONNACK)", "conn/s", "higher", True),
-    ("broker_cpu_pct", "broker CPU (% of one core)", "%", "info", False),
+    ("connect_p50_ms", "CONNECT→CONNACK p50 at 100 conn/s", "ms", "lower", True),
+    ("connect_p99_ms", "CONNECT→CONNACK p99 at 100 conn/s", "ms", "lower", True),
+    ("broker_cpu_pct", "broker CPU (% of one core, rate phase)", "%", "info", False),
+    ("generator_cpu_pct", "generator CPU (% of one core, rate phase)", "%", "info", False),
+]
+REAUTH_METRICS = [
+    ("reauth_per_sec", "re-authentications completed/s (AUTH 0x19 → AUTH 0x00)", "auth/s", "higher",
+     True),
+    ("reauth_fail", "re-authentication failures", "count", "lower", True),
+    ("connection_lost", "connections lost", "count", "lower", False),
+    ("broker_cpu_pct", "broker CPU (% of one core)", "%", "info", True),
     ("generator_cpu_pct", "generator CPU (% of one core)", "%", "info", False),
+]
+EXPIRY_METRICS = [
+    ("p50_ms", "expiry → close p50", "ms", "lower", False),
+    ("p99_ms", "expiry → close p99", "ms", "lower", True),
+    ("max_ms", "expiry → close max", "ms", "lower", False),
+    ("early", "closed before the reference instant (counted as 0 above)", "count", "info", False),
 ]
 MEMORY_METRICS = [
     ("bytes_per_conn", "broker RSS per idle connection", "bytes", "lower", True),
@@ -104,7 +121,17 @@ TARGETS = {
     "idle_memory_plain_50k": ("bytes_per_conn", "value<", 4096, "< 4 KB per plain connection"),
     "idle_memory_tls_10k": ("bytes_per_conn", "value<", 8192, "< 8 KB per TLS connection"),
     "idle_memory_tls_50k": ("bytes_per_conn", "value<", 8192, "< 8 KB per TLS connection"),
+    "credential_expiry": ("p99_ms", "value<", 100, "expiry → close p99 < 100 ms"),
 }
+
+# Why some scenarios have no mosquitto column.
+NO_REAUTH = "n/a — mosquitto cannot re-authenticate"
+NO_EXPIRY = "n/a — mosquitto has no credential expiry"
+
+# Authentication in the authsvc scenarios (see gatehouse_config()).
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-secret"
+JWT_ISSUER, JWT_AUDIENCE, JWT_SECRET = "https://issuer.bench", "gatehouse.bench", "bench-jwt-issuer"
+JWT_TOKENS = 16
 
 
 def scenarios(quick: bool) -> list[dict]:
@@ -223,9 +250,13 @@ def scenarios(quick: bool) -> list[dict]:
             "emqtt-bench's default) with MQTT 5 CONNECT/CONNACK, offered at 5000/s (`-R "
             "5000`); the figure is connections completed per second, from the generator's start "
             "to the last CONNACK. A figure near 5000 means the broker kept up with the offer "
-            "and its capacity may be higher. No authentication.",
+            "and its capacity may be higher. Then, on the same broker, "
+            f"{20 if q else 200} more connections at 100/s give the CONNECT→CONNACK latency. "
+            "No authentication: the baseline for the authsvc scenarios below.",
             "conns": 50 if q else 2_000,
             "offered_rate": 5_000,
+            "probe_conns": 20 if q else 200,
+            "probe_rate": 100,
             "tls": True,
         },
         {
@@ -276,28 +307,102 @@ def scenarios(quick: bool) -> list[dict]:
         },
         {
             "id": "tls_connrate_authsvc",
-            "title": "TLS connection rate with the authentication service",
-            "kind": "todo",
-            "reason": "requires authsvc",
-            "desc": "TODO: the connection-rate scenario with every CONNECT checked by the "
-            "authentication service. The service is being built; no figure until then.",
+            "title": "TLS connection rate through the authentication service (embedded)",
+            "kind": "connrate",
+            "metrics": CONNRATE_METRICS,
+            "desc": "As the TLS connection rate, but the TLS port has an `authenticationRef` to a "
+            "policy of one `Anonymous` method, so every CONNECT makes the frontend → authsvc gRPC "
+            "round trip (`Authenticate`, plus the `Watch` registration) and nothing else: the "
+            "method itself does no IO. Gatehouse runs in its default embedded mode (authsvc in "
+            "the broker process, reached over loopback gRPC). mosquitto's nearest equivalent is "
+            "a `password_file` (made with `mosquitto_passwd -b`, checked in-process, PBKDF2-"
+            "SHA512) on its TLS listener (`per_listener_settings true`); it is not the same "
+            "work — mosquitto has no out-of-process authentication — but it is what a mosquitto "
+            "operator would deploy. Both get the same username and password.",
+            "conns": 50 if q else 2_000,
+            "offered_rate": 5_000,
+            "probe_conns": 20 if q else 200,
+            "probe_rate": 100,
+            "tls": True,
+            "auth": "anonymous",
+            "credentials": True,
+        },
+        {
+            "id": "tls_connrate_authsvc_split",
+            "title": "TLS connection rate through the authentication service (split: authsvc as "
+            "its own process)",
+            "kind": "connrate",
+            "metrics": CONNRATE_METRICS,
+            "desc": "As the embedded variant, with `authsvc` as a separate process "
+            "(`authsvc --config … --listen 127.0.0.1:0`) and the frontend pointed at it with "
+            "`gatehouse --authsvc http://127.0.0.1:PORT` (plain HTTP/2 over loopback, one "
+            "long-lived channel). Gatehouse's broker CPU is the frontend's plus authsvc's. "
+            "mosquitto as in the embedded variant (measured again, A B A B, in this scenario).",
+            "conns": 50 if q else 2_000,
+            "offered_rate": 5_000,
+            "probe_conns": 20 if q else 200,
+            "probe_rate": 100,
+            "tls": True,
+            "auth": "anonymous",
+            "credentials": True,
+            "split": True,
         },
         {
             "id": "reauth_storm",
-            "title": "Re-authentication storm",
-            "kind": "todo",
-            "reason": "requires authsvc",
-            "desc": "TODO: many connections re-authenticating (AUTH 0x19) at a fixed rate, "
-            "`gatehouse-bench conn --auth-method ... --reauth-interval MS`. Needs the "
-            "authentication service.",
+            "title": f"Re-authentication storm, {20 if q else 1_000} connections",
+            "kind": "reauth",
+            "metrics": REAUTH_METRICS,
+            "brokers": (GATEHOUSE,),
+            "no_mosquitto": NO_REAUTH,
+            "no_mosquitto_detail": "Debian's mosquitto 2.0 as shipped has no MQTT v5 enhanced "
+            "authentication method (that takes an authentication plugin written in C), so it "
+            "cannot answer AUTH 0x19; there is nothing to compare with.",
+            "desc": "K MQTT 5 connections (plain TCP, 16 loopback source addresses) authenticate "
+            "with the `JWT` method (`CUSTOM-JWT`, RS256 tokens minted by the harness with "
+            f"`openssl`, {JWT_TOKENS} distinct tokens shared round-robin, key from an issuer "
+            "certificate; embedded authsvc), then each sends AUTH 0x19 (Re-authenticate) with "
+            "its token every 200 ms (`--reauth-interval 200`), one at a time per connection. "
+            "Offered: K × 5 re-authentications/s; each is a full signature check in authsvc "
+            "and re-arms the connection's expiry timer. Once every connection is up, the "
+            f"harness measures over {2 if q else 10} s (between two of the generator's "
+            "once-a-second counter lines): completed re-authentications/s (AUTH 0x00 back) and "
+            "the broker's CPU. A failure is any other answer (AUTH 0x18, DISCONNECT) or a "
+            "connection lost with a re-authentication pending. Gatehouse only: mosquitto "
+            "cannot re-authenticate.",
+            "conns": 20 if q else 1_000,
+            "offered_rate": 2_000,
+            "reauth_interval_ms": 200,
+            "storm_secs": 2 if q else 10,
+            "auth": "jwt",
         },
         {
             "id": "credential_expiry",
-            "title": "Credential-expiry timeliness (expiry → socket close, p99)",
-            "kind": "todo",
-            "reason": "requires authsvc",
-            "desc": "TODO: delay from a credential's expiry to the broker closing the socket, "
-            "p99. Needs the authentication service to issue expiring credentials.",
+            "title": "Credential-expiry timeliness (expiry → socket close)",
+            "kind": "expiry",
+            "metrics": EXPIRY_METRICS,
+            "brokers": (GATEHOUSE,),
+            "no_mosquitto": NO_EXPIRY,
+            "no_mosquitto_detail": "mosquitto's password file has no notion of a credential "
+            "that expires: an authenticated connection lives until it closes, so there is "
+            "nothing to compare with.",
+            "desc": f"K = {20 if q else 500} MQTT 5 connections (plain TCP) authenticated by an "
+            f"`Anonymous` policy with `expirySeconds: {1 if q else 5}` (embedded authsvc; "
+            "`expiryAction` left at its default, `Close`: the socket is closed without "
+            "DISCONNECT), opened at 2000/s so their expiries fall within "
+            f"{'0.01' if q else '0.25'} s of each other. The generator "
+            f"(`--expect-lifetime {1 if q else 5}`) records, per connection, the instant it "
+            "saw the server close the socket minus (the instant it wrote CONNECT + the "
+            "lifetime). authsvc starts the lifetime when it decides, after CONNECT was "
+            "written, so each figure is an upper bound: too high by at most that connection's "
+            "CONNECT→CONNACK time (in the raw results). The expiry travels to the frontend in "
+            "whole milliseconds (truncated), so a close up to 1 ms before the reference "
+            "instant is possible; such closes are counted as *early* and enter the "
+            "percentiles as 0. The run fails unless every connection was closed. Gatehouse "
+            "only: mosquitto has no credential expiry.",
+            "conns": 20 if q else 500,
+            "offered_rate": 2_000,
+            "lifetime_secs": 1 if q else 5,
+            "auth": "expiry",
         },
     ]
 
@@ -410,7 +515,45 @@ def tail(path: Path, n: int = 30) -> str:
 TLS_SECRET = "bench-server-cert"
 
 
-def gatehouse_config() -> str:
+def auth_policy(auth: str, sc: dict | None = None) -> str:
+    """The BrokerAuthentication `bench-auth` document of an authsvc scenario."""
+    if auth == "anonymous":
+        method = """\
+    # Lets everyone in and does no IO: what is measured is the frontend ⇄ authsvc path.
+    - method: Anonymous
+      anonymousSettings: {allow: true}"""
+    elif auth == "expiry":
+        secs = sc["lifetime_secs"] if sc else "SECS"
+        method = f"""\
+    # Every "credential" expires this long after the decision.
+    - method: Anonymous
+      anonymousSettings: {{allow: true, expirySeconds: {secs}}}"""
+    elif auth == "jwt":
+        method = f"""\
+    - method: JWT
+      jwtSettings:
+        authenticationMethods: [CUSTOM-JWT]
+        issuer: {JWT_ISSUER}
+        audiences: [{JWT_AUDIENCE}]
+        issuerCertificates: [{JWT_SECRET}]   # <secrets-dir>/{JWT_SECRET}/issuer.crt"""
+    else:
+        raise AssertionError(auth)
+    return f"""\
+---
+apiVersion: gatehouse.io/v1
+kind: BrokerAuthentication
+metadata: {{name: bench-auth}}
+spec:
+  authenticationMethods:
+{method}
+"""
+
+
+def gatehouse_config(auth: str | None = None, sc: dict | None = None) -> str:
+    # Both ports reference the policy in the authsvc scenarios.
+    ref = ", authenticationRef: bench-auth" if auth else ""
+    tls_ref = "\n      authenticationRef: bench-auth" if auth else ""
+    policy = auth_policy(auth, sc) if auth else ""
     return f"""\
 # Generated by load-tests/harness/harness.py for the side-by-side benchmark.
 apiVersion: gatehouse.io/v1
@@ -430,7 +573,7 @@ metadata: {{name: plain}}
 spec:
   serviceType: ClusterIp
   ports:
-    - {{port: 0, host: 127.0.0.1}}
+    - {{port: 0, host: 127.0.0.1{ref}}}
 ---
 apiVersion: gatehouse.io/v1
 kind: BrokerListener
@@ -440,15 +583,22 @@ spec:
   ports:
     - port: 0
       host: 127.0.0.1
-      tls: {{mode: Manual, manual: {{secretRef: {TLS_SECRET}}}}}
-"""
+      tls: {{mode: Manual, manual: {{secretRef: {TLS_SECRET}}}}}{tls_ref}
+{policy}"""
 
 
-def mosquitto_config(plain: int, tls: int, cert: Path, key: Path) -> str:
+def mosquitto_config(plain: int, tls: int, cert: Path, key: Path,
+                     password_file: Path | None = None) -> str:
     lines = [
         "# Generated by load-tests/harness/harness.py for the side-by-side benchmark.",
         "persistence false",
-        "allow_anonymous true",
+    ]
+    if password_file:
+        # allow_anonymous / password_file below apply to the listener above them.
+        lines.append("per_listener_settings true")
+    else:
+        lines.append("allow_anonymous true")
+    lines += [
         # No per-connection log lines (Gatehouse logs at warn in the benchmark).
         "log_dest stderr",
         "log_type error",
@@ -465,28 +615,41 @@ def mosquitto_config(plain: int, tls: int, cert: Path, key: Path) -> str:
     if os.geteuid() == 0:
         # Otherwise mosquitto drops to user `mosquitto`, which cannot read our temp dir.
         lines.append("user root")
+    lines.append(f"listener {plain} 127.0.0.1")
+    if password_file:
+        lines.append("allow_anonymous true")
     lines += [
-        f"listener {plain} 127.0.0.1",
         f"listener {tls} 127.0.0.1",
         f"certfile {cert}",
         f"keyfile {key}",
     ]
+    if password_file:
+        lines += ["allow_anonymous false", f"password_file {password_file}"]
     return "\n".join(lines) + "\n"
 
 
 class Broker:
-    """One broker process for one measurement."""
+    """One broker for one measurement: a process (two with Gatehouse's split authsvc)."""
 
-    def __init__(self, kind: str, bins: dict, workdir: Path, cert: Path, key: Path):
+    def __init__(self, kind: str, bins: dict, workdir: Path, cert: Path, key: Path,
+                 sc: dict | None = None, material: dict | None = None):
         self.kind = kind
         self.bins = bins
         self.dir = workdir
         self.cert = cert
         self.key = key
+        sc = sc or {}
+        self.sc = sc
+        # The authsvc scenarios: Gatehouse's policy, its split mode, mosquitto's password file.
+        self.auth: str | None = sc.get("auth")
+        self.split = bool(sc.get("split"))
+        self.material = material or {}
         self.proc: subprocess.Popen | None = None
+        self.authsvc: subprocess.Popen | None = None
         self.plain_port = 0
         self.tls_port = 0
         self.log = workdir / "broker.log"
+        self.authsvc_log = workdir / "authsvc.log"
 
     @property
     def pid(self) -> int:
@@ -515,14 +678,49 @@ class Broker:
             raise ScenarioError(
                 f"{self.kind} exited with {self.proc.returncode}; log:\n{tail(self.log)}"
             )
+        if self.authsvc is not None and self.authsvc.poll() is not None:
+            raise ScenarioError(
+                f"authsvc exited with {self.authsvc.returncode}; log:\n{tail(self.authsvc_log)}"
+            )
+
+    def _start_authsvc(self, config: Path) -> str:
+        """The split mode: `authsvc` as its own process on a free loopback port; its URL."""
+        ready = self.dir / "authsvc-ready.json"
+        with open(self.authsvc_log, "ab") as log:
+            self.authsvc = spawn(
+                [
+                    str(self.bins["authsvc"]),
+                    "--config", str(config),
+                    "--listen", "127.0.0.1:0",
+                    "--secrets-dir", str(self.dir / "secrets"),
+                    "--ready-file", str(ready),
+                    "--log", "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + BROKER_START_TIMEOUT
+        while not ready.exists():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise ScenarioError(f"authsvc not ready; log:\n{tail(self.authsvc_log)}")
+            time.sleep(0.02)
+        return "http://" + json.loads(ready.read_text())["listen"]
 
     def _start_gatehouse(self) -> None:
         config = self.dir / "gatehouse.yaml"
-        config.write_text(gatehouse_config())
+        config.write_text(gatehouse_config(self.auth, self.sc))
         secret = self.dir / "secrets" / TLS_SECRET
         secret.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.cert, secret / "tls.crt")
         shutil.copy(self.key, secret / "tls.key")
+        if self.auth == "jwt":
+            issuer = self.dir / "secrets" / JWT_SECRET
+            issuer.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.material["jwt_cert"], issuer / "issuer.crt")
+        extra = []
+        if self.split:
+            extra = ["--authsvc", self._start_authsvc(config)]
         ready = self.dir / "ready.jsonl"
         with open(self.log, "ab") as log:
             self.proc = spawn(
@@ -533,6 +731,7 @@ class Broker:
                     "--secrets-dir", str(self.dir / "secrets"),
                     "--ready-file", str(ready),
                     "--log", "warn",
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -557,7 +756,9 @@ class Broker:
         if self.plain_port == self.tls_port:
             return False
         config = self.dir / "mosquitto.conf"
-        config.write_text(mosquitto_config(self.plain_port, self.tls_port, self.cert, self.key))
+        password_file = self.material["password_file"] if self.sc.get("credentials") else None
+        config.write_text(mosquitto_config(self.plain_port, self.tls_port, self.cert, self.key,
+                                           password_file))
         with open(self.log, "ab") as log:
             self.proc = spawn(
                 [str(self.bins[MOSQUITTO]), "-c", str(config)],
@@ -584,12 +785,18 @@ class Broker:
         return proc_status_kb(self.pid, "VmHWM")
 
     def cpu_secs(self) -> float:
+        """The broker's CPU time so far: with a split authsvc, both processes'."""
         self._check_alive()
-        return proc_cpu_secs(self.pid)
+        return proc_cpu_secs(self.pid) + self.authsvc_cpu_secs()
+
+    def authsvc_cpu_secs(self) -> float:
+        return proc_cpu_secs(self.authsvc.pid) if self.authsvc is not None else 0.0
 
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
+        if self.authsvc is not None:
+            stop(self.authsvc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,6 +815,9 @@ class Gen:
         self.stderr_path = workdir / f"{name}.stderr"
         self.totals: dict[str, int] = {}
         self.changed_at: dict[str, float] = {}
+        # Per counter: how many lines were read, and when the last one was (monotonic).
+        self.line_seq: dict[str, int] = {}
+        self.line_at: dict[str, float] = {}
         self.lines: list[str] = []
         self.cond = threading.Condition()
         self.eof = False
@@ -629,9 +839,12 @@ class Gen:
                 m = LINE.match(line)
                 if m:
                     name, total = m.group(1), int(m.group(2))
+                    now = time.monotonic()
                     if self.totals.get(name) != total:
-                        self.changed_at[name] = time.monotonic()
+                        self.changed_at[name] = now
                     self.totals[name] = total
+                    self.line_seq[name] = self.line_seq.get(name, 0) + 1
+                    self.line_at[name] = now
                 self.cond.notify_all()
         with self.cond:
             self.eof = True
@@ -652,6 +865,20 @@ class Gen:
                 if left <= 0:
                     raise ScenarioError(f"no {what} within {timeout}s: {self.context()}")
                 self.cond.wait(min(left, 0.2))
+
+    def next_line(self, name: str, timeout: float) -> tuple[float, int]:
+        """Wait (bounded) for the next report line of counter `name`: (when read, its total).
+
+        The generator prints a counter's line once a second while it moves, so the time
+        between two such lines, as read here, is a measuring interval of its own, with the
+        totals of both ends.
+        """
+        with self.cond:
+            seq = self.line_seq.get(name, 0)
+        self.wait_until(lambda _t: self.line_seq.get(name, 0) > seq, timeout,
+                        f"a `{name}` line")
+        with self.cond:
+            return self.line_at[name], self.totals[name]
 
     def cpu_secs(self) -> float:
         """CPU time so far, from /proc (the process must still be running)."""
@@ -724,11 +951,21 @@ class Runner:
         self.stall = 2 if self.quick else 5
         self.settle = 1 if self.quick else 3
         self.ifaddrs = ",".join(f"127.0.0.{i}" for i in range(1, 17))
+        # Password file and JWT material for the authsvc scenarios, made on first use.
+        self.material: dict = {}
+
+    def auth_material(self, sc: dict) -> dict:
+        if sc.get("credentials") and "password_file" not in self.material:
+            self.material["password_file"] = make_password_file(self.workroot)
+        if sc.get("auth") == "jwt" and "jwt_cert" not in self.material:
+            self.material.update(make_jwt_material(self.workroot))
+        return self.material
 
     def measure(self, sc: dict, broker_kind: str, rep: int) -> dict:
         workdir = self.workroot / f"{sc['id']}-{rep}-{broker_kind}"
         workdir.mkdir(parents=True)
-        broker = Broker(broker_kind, self.bins, workdir, self.cert, self.key)
+        broker = Broker(broker_kind, self.bins, workdir, self.cert, self.key, sc,
+                        self.auth_material(sc))
         try:
             broker.start()
             if sc["kind"] == "pubsub":
@@ -737,6 +974,10 @@ class Runner:
                 return self.connrate(sc, broker, workdir)
             if sc["kind"] == "memory":
                 return self.memory(sc, broker, workdir)
+            if sc["kind"] == "reauth":
+                return self.reauth(sc, broker, workdir)
+            if sc["kind"] == "expiry":
+                return self.expiry(sc, broker, workdir)
             raise AssertionError(sc["kind"])
         finally:
             broker.stop()
@@ -845,15 +1086,19 @@ class Runner:
             "generator": {"pub": pub_json, "sub": sub_json},
         }
 
-    def conn_gen(self, sc: dict, broker: Broker, workdir: Path) -> Gen:
-        port = broker.tls_port if sc["tls"] else broker.plain_port
-        tls = ["-S"] if sc["tls"] else []
+    def conn_gen(self, sc: dict, broker: Broker, workdir: Path, name: str = "conn",
+                 conns: int | None = None, rate: int | None = None,
+                 extra: list[str] | None = None) -> Gen:
+        tls = sc.get("tls", False)
+        port = broker.tls_port if tls else broker.plain_port
+        creds = ["-u", BENCH_USER, "-P", BENCH_PASSWORD] if sc.get("credentials") else []
         return Gen(
             self.bins["bench"],
-            ["conn", *self.common(port), *tls, "-c", str(sc["conns"]),
-             "-R", str(sc["offered_rate"]), "-k", "300", "--ifaddr", self.ifaddrs,
+            ["conn", *self.common(port), *(["-S"] if tls else []), *creds,
+             "-c", str(conns or sc["conns"]), "-R", str(rate or sc["offered_rate"]),
+             "-k", "300", "--ifaddr", self.ifaddrs, *(extra or []),
              "--duration", str(self.run_timeout)],
-            workdir, "conn",
+            workdir, name,
         )
 
     def wait_connected(self, gen: Gen, n: int) -> None:
@@ -867,11 +1112,14 @@ class Runner:
             )
 
     def connrate(self, sc: dict, broker: Broker, workdir: Path) -> dict:
+        # Phase 1, the rate: K connections offered at a rate above what either broker takes.
         cpu0, t0 = broker.cpu_secs(), time.monotonic()
+        acpu0 = broker.authsvc_cpu_secs()
         gen = self.conn_gen(sc, broker, workdir)
         try:
             self.wait_connected(gen, sc["conns"])
             cpu1, t1 = broker.cpu_secs(), time.monotonic()
+            acpu1 = broker.authsvc_cpu_secs()
             gen_cpu = gen.cpu_secs()
             summary = gen.terminate()
         finally:
@@ -881,9 +1129,23 @@ class Runner:
             raise ScenarioError(f"connected {n} of {sc['conns']}")
         _, last = window(summary, "connect_succ")
         span = max(last - float(summary["started_at_unix"]), 1e-6)
+        # Phase 2, the latency: once the broker has settled, a few connections at a low rate,
+        # so CONNECT→CONNACK shows the path itself rather than a queue.
+        time.sleep(self.settle)
+        probe = self.conn_gen(sc, broker, workdir, "probe", sc["probe_conns"], sc["probe_rate"])
+        try:
+            self.wait_connected(probe, sc["probe_conns"])
+            probe_summary = probe.terminate()
+        finally:
+            stop(probe.proc)
+        lat = probe_summary.get("connect_latency_ms")
+        if not lat or lat["count"] != sc["probe_conns"]:
+            raise ScenarioError(f"no CONNECT→CONNACK latency for every probe connection: {lat}")
         return {
             "metrics": {
                 "conn_per_sec": n / span,
+                "connect_p50_ms": lat["p50"],
+                "connect_p99_ms": lat["p99"],
                 # Both over the same interval: generator start to all connected (as seen in
                 # its once-a-second report, so up to a second of idle time is included).
                 "broker_cpu_pct": 100 * (cpu1 - cpu0) / max(t1 - t0, 1e-6),
@@ -894,7 +1156,85 @@ class Runner:
                 "window_secs": span,
                 "cpu_interval_secs": t1 - t0,
                 "broker_cpu_secs": cpu1 - cpu0,
+                # Split mode: the part of broker_cpu_secs that was authsvc's.
+                "authsvc_cpu_secs": acpu1 - acpu0,
                 "generator_cpu_secs": gen_cpu,
+                "connect_latency_ms_at_offered_rate": summary.get("connect_latency_ms"),
+                "probe_connect_latency_ms": lat,
+            },
+            "generator": {"conn": summary, "probe": probe_summary},
+        }
+
+    def reauth(self, sc: dict, broker: Broker, workdir: Path) -> dict:
+        gen = self.conn_gen(
+            sc, broker, workdir,
+            extra=["--auth-method", "CUSTOM-JWT",
+                   "--auth-data-file", str(self.material["jwt_tokens"]),
+                   "--reauth-interval", str(sc["reauth_interval_ms"])],
+        )
+        try:
+            self.wait_connected(gen, sc["conns"])
+            # The interval between two `reauth_succ` lines, every connection up meanwhile.
+            line_timeout = sc["storm_secs"] + 10
+            t0, n0 = gen.next_line("reauth_succ", line_timeout)
+            cpu0, gcpu0 = broker.cpu_secs(), gen.cpu_secs()
+            time.sleep(sc["storm_secs"])
+            t1, n1 = gen.next_line("reauth_succ", line_timeout)
+            cpu1, gcpu1 = broker.cpu_secs(), gen.cpu_secs()
+            summary = gen.terminate()
+        finally:
+            stop(gen.proc)
+        if counter(summary, "connect_succ") != sc["conns"]:
+            raise ScenarioError(f"connected {counter(summary, 'connect_succ')} of {sc['conns']}")
+        wall = max(t1 - t0, 1e-6)
+        return {
+            "metrics": {
+                "reauth_per_sec": (n1 - n0) / wall,
+                "reauth_fail": counter(summary, "reauth_fail"),
+                "connection_lost": counter(summary, "connection_lost"),
+                "broker_cpu_pct": 100 * (cpu1 - cpu0) / wall,
+                "generator_cpu_pct": 100 * (gcpu1 - gcpu0) / wall,
+            },
+            "checks": {
+                "connected": counter(summary, "connect_succ"),
+                "reauth_succ_total": counter(summary, "reauth_succ"),
+                "reauth_succ_in_interval": n1 - n0,
+                "interval_secs": wall,
+                "offered_per_sec": sc["conns"] * 1000 / sc["reauth_interval_ms"],
+                "broker_cpu_secs": cpu1 - cpu0,
+            },
+            "generator": {"conn": summary},
+        }
+
+    def expiry(self, sc: dict, broker: Broker, workdir: Path) -> dict:
+        lifetime = sc["lifetime_secs"]
+        gen = self.conn_gen(sc, broker, workdir,
+                            extra=["--expect-lifetime", str(lifetime)])
+        try:
+            self.wait_connected(gen, sc["conns"])
+            # Every connection is closed by the broker, so the generator ends by itself.
+            summary = gen.finish(lifetime + self.run_timeout)
+        finally:
+            stop(gen.proc)
+        e = summary.get("expiry_delay_ms") or {}
+        closed = int(e.get("count", 0))
+        if closed != sc["conns"] or counter(summary, "connection_lost") != sc["conns"]:
+            raise ScenarioError(
+                f"{closed} of {sc['conns']} connections were closed by the broker "
+                f"(connection_lost {counter(summary, 'connection_lost')})"
+            )
+        return {
+            "metrics": {
+                "p50_ms": e["p50"],
+                "p99_ms": e["p99"],
+                "max_ms": e["max"],
+                "early": e["early"],
+            },
+            "checks": {
+                "closed": closed,
+                "min_ms": e["min"],
+                "lifetime_secs": lifetime,
+                "connect_latency_ms": summary.get("connect_latency_ms"),
             },
             "generator": {"conn": summary},
         }
@@ -1000,6 +1340,7 @@ def target_dir() -> Path:
 
 def build(profile: str) -> None:
     cmd = ["cargo", "build", "-p", "frontend", "--bin", "gatehouse",
+           "-p", "authsvc", "--bin", "authsvc",
            "-p", "load-tests", "--bin", "gatehouse-bench"]
     if profile == "release":
         cmd.insert(2, "--release")
@@ -1016,6 +1357,46 @@ def make_cert(dir: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+def make_password_file(dir: Path) -> Path:
+    """mosquitto's password file for the authsvc connection-rate scenarios."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path = dir / "mosquitto.passwd"
+    try:
+        subprocess.run([tool, "-c", "-b", str(path), BENCH_USER, BENCH_PASSWORD],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ScenarioError(f"mosquitto_passwd failed ({e}); it comes with Debian's mosquitto")
+    return path
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt_material(dir: Path) -> dict:
+    """An RS256 issuer (key + certificate) and JWT_TOKENS tokens signed by it, valid 4 h."""
+    key, cert = dir / "jwt-issuer.key", dir / "jwt-issuer.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "2", "-subj", "/CN=issuer.bench"],
+        check=True, capture_output=True,
+    )
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    tokens = []
+    for i in range(JWT_TOKENS):
+        claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": f"bench-{i}",
+                  "nbf": now - 60, "exp": now + 4 * 3600}
+        signing_input = f"{header}.{b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)],
+                             input=signing_input.encode(), check=True,
+                             capture_output=True).stdout
+        tokens.append(f"{signing_input}.{b64url(sig)}")
+    path = dir / "jwt-tokens.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return {"jwt_cert": cert, "jwt_tokens": path}
 
 
 def find_mosquitto(explicit: str | None) -> Path:
@@ -1047,6 +1428,7 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use existing binaries")
     ap.add_argument("--gatehouse-bin", help="default: <target>/<profile>/gatehouse")
     ap.add_argument("--bench-bin", help="default: <target>/<profile>/gatehouse-bench")
+    ap.add_argument("--authsvc-bin", help="default: <target>/<profile>/authsvc (split mode)")
     ap.add_argument("--mosquitto-bin", help="default: /usr/sbin/mosquitto, else PATH")
     ap.add_argument("--out-dir", type=Path,
                     help="write benchmarks.md and results/<timestamp>.json here instead of "
@@ -1069,10 +1451,12 @@ def main() -> int:
     bins = {
         GATEHOUSE: Path(opts.gatehouse_bin) if opts.gatehouse_bin else tdir / "gatehouse",
         "bench": Path(opts.bench_bin) if opts.bench_bin else tdir / "gatehouse-bench",
+        "authsvc": Path(opts.authsvc_bin) if opts.authsvc_bin else tdir / "authsvc",
         MOSQUITTO: mosquitto,
     }
     for name, path in bins.items():
-        if not path.is_file():
+        # authsvc is needed only by the split-mode scenario (checked once the list is known).
+        if name != "authsvc" and not path.is_file():
             sys.exit(f"harness: {name} binary {path} not found (build it, or drop --no-build)")
 
     # Children inherit this: 10k+ sockets in one process need more than 1024 descriptors.
@@ -1101,6 +1485,9 @@ def main() -> int:
         if unknown:
             ap.error(f"unknown scenario ids {sorted(unknown)}")
         all_sc = [s for s in all_sc if s["id"] in wanted]
+    if any(s.get("split") for s in all_sc) and not bins["authsvc"].is_file():
+        sys.exit(f"harness: authsvc binary {bins['authsvc']} not found (the split-mode scenario "
+                 "needs it: build it, or drop --no-build)")
 
     results = {
         "harness_version": HARNESS_VERSION,
@@ -1120,7 +1507,14 @@ def main() -> int:
         },
         "configs": {GATEHOUSE: gatehouse_config(),
                     MOSQUITTO: mosquitto_config(0, 0, Path("server.crt"), Path("server.key"))
-                    .replace("listener 0 ", "listener PORT ")},
+                    .replace("listener 0 ", "listener PORT "),
+                    # The authsvc scenarios: the policy each one adds to Gatehouse's
+                    # configuration (referenced by both ports), and mosquitto's password file.
+                    f"{GATEHOUSE} authsvc policies": {
+                        a: auth_policy(a) for a in ("anonymous", "jwt", "expiry")},
+                    f"{MOSQUITTO} password_file": mosquitto_config(
+                        0, 0, Path("server.crt"), Path("server.key"),
+                        Path("mosquitto.passwd")).replace("listener 0 ", "listener PORT ")},
         "scenarios": [],
     }
 
@@ -1158,9 +1552,10 @@ def main() -> int:
                 )
                 print(f"== {sc['id']}: NOT RUN: {entry['reason']}", flush=True)
                 continue
-            entry["runs"] = {b: [] for b in BROKERS}
+            brokers = sc.get("brokers", BROKERS)
+            entry["runs"] = {b: [] for b in brokers}
             for rep in range(reps):
-                for b in BROKERS:  # A B A B ...
+                for b in brokers:  # A B A B ...
                     print(f"== {sc['id']} rep {rep + 1}/{reps} {b} ...", end=" ", flush=True)
                     t = time.monotonic()
                     try:
@@ -1180,15 +1575,15 @@ def main() -> int:
                         print(f"HARNESS ERROR ({time.monotonic() - t:.1f}s):\n{trace}", flush=True)
                     run["rep"] = rep + 1
                     entry["runs"][b].append(run)
-            entry["summary"] = {}
-            for b in BROKERS:
+            entry["summary"] = {b: {} for b in BROKERS}
+            for b in brokers:
                 ok = [r for r in entry["runs"][b] if r["error"] is None]
                 entry["summary"][b] = {
                     m["key"]: summarize([r["metrics"][m["key"]] for r in ok
                                          if m["key"] in r["metrics"]])
                     for m in entry["metrics"]
                 }
-            errors = sum(1 for b in BROKERS for r in entry["runs"][b] if r["error"])
+            errors = sum(1 for b in brokers for r in entry["runs"][b] if r["error"])
             entry["status"] = "failed" if errors else "measured"
     except KeyboardInterrupt as e:
         interrupted = True
@@ -1224,7 +1619,7 @@ def main() -> int:
 def fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "–"
-    if unit in ("msg/s", "conn/s", "bytes", "KiB", "msgs"):
+    if unit in ("msg/s", "conn/s", "auth/s", "bytes", "KiB", "msgs", "count"):
         return f"{v:,.0f}"
     if unit == "ms":
         return f"{v:.3f}"
@@ -1289,6 +1684,19 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
     w("- *latency*: per message, the subscriber's receive time − the send time the publisher "
       "wrote into the payload (`ts` header, nanoseconds), from the subscriber's histogram.")
     w("- *TLS connections/s*: connections ÷ (last CONNACK − the generator's start).")
+    w("- *CONNECT→CONNACK*: per connection, from the generator having written CONNECT to it "
+      "having decoded a successful CONNACK (the TCP and TLS handshakes are before it), from "
+      "its `connect_latency_ms` histogram. Measured in a second, light phase of the same "
+      "run (a few connections at 100/s once the broker has settled after the rate phase), so "
+      "it shows the path (in the authsvc scenarios: the gRPC round trip to authsvc) rather "
+      "than a queue. The same figure under the offered 5000/s is in the raw results.")
+    w("- *re-authentications/s*: `reauth_succ` (AUTH 0x00 answers to AUTH 0x19) counted "
+      "between two of the generator's once-a-second report lines ÷ the time between them as "
+      "the harness read them, all connections up; broker CPU over the same interval.")
+    w("- *expiry → close*: per connection, the generator's clock when it read the broker's "
+      "close of the socket − (when it wrote CONNECT + the credential's lifetime), from its "
+      "`expiry_delay_ms` (`--expect-lifetime`): an upper bound of the real delay, since the "
+      "lifetime starts at the decision, after CONNECT.")
     w("- *RSS per idle connection*: (broker VmRSS with every connection open, after a settle "
       "time − VmRSS before) ÷ connections, from `/proc/PID/status`.")
     w("- *CPU*: utime + stime from `/proc/PID/stat` (broker) and the generator's own getrusage "
@@ -1304,6 +1712,14 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
       "dropped for queue room), `max_inflight_messages 1024`, `set_tcp_nodelay true`, errors "
       "and warnings logged only. TLS: a `certfile`/`keyfile` listener with the same "
       "certificate. mosquitto is single-threaded.")
+    w("- The authsvc scenarios add a `BrokerAuthentication` policy `bench-auth` that both "
+      "Gatehouse ports reference (`Anonymous`; `JWT` for the re-authentication storm; "
+      "`Anonymous` with `expirySeconds` for expiry). The authentication service runs "
+      "embedded (in the broker process, over loopback gRPC) unless the scenario says *split*: "
+      "then `authsvc` is a second process and the broker's CPU is the sum of both. mosquitto "
+      "gets `per_listener_settings true` and a `password_file` (one user, made with "
+      "`mosquitto_passwd -b`) on its TLS listener, where that scenario has a mosquitto column. "
+      "The exact documents are in the raw results (`configs`).")
     w("")
 
     # Overview
@@ -1320,16 +1736,20 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
         if status == "not run":
             w(f"| {sc['title']} | not run | – | – | – | – | {sc['reason']} |")
             continue
+        only = sc.get("no_mosquitto")
         for met in sc["metrics"]:
             if not met["headline"]:
                 continue
             g = (sc["summary"][GATEHOUSE].get(met["key"]) or {}).get("median")
             mo = (sc["summary"][MOSQUITTO].get(met["key"]) or {}).get("median")
             ratio = f"{g / mo:.2f}" if g is not None and mo else "–"
+            mo_cell = fmt(mo, met["unit"])
+            if only:
+                mo_cell, ratio = "n/a", only
             target = target_text(sc["id"], met["key"], g, mo, res["quick"])
             flag = " **(FAILED runs)**" if status == "failed" else ""
             w(f"| {sc['title']}{flag} | {met['label']} ({met['unit']}) | {fmt(g, met['unit'])} "
-              f"| {fmt(mo, met['unit'])} | {ratio} | {met['better']} | {target} |")
+              f"| {mo_cell} | {ratio} | {met['better']} | {target} |")
     w("")
 
     for sc in res["scenarios"]:
@@ -1339,14 +1759,17 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
         w("")
         status = sc.get("status")
         if status == "todo":
-            w(f"**TODO — {sc['reason']}.** Not measured; no figure is given until the "
-              "authentication service exists.")
+            w(f"**TODO — {sc['reason']}.** Not measured yet.")
             w("")
             continue
         if status == "not run":
             w(f"**Not run:** {sc['reason']}.")
             w("")
             continue
+        only = sc.get("no_mosquitto")
+        if only:
+            w(f"**Gatehouse only** ({only}). {sc.get('no_mosquitto_detail', '')}".rstrip())
+            w("")
         w("| metric | better | Gatehouse min / median / max | mosquitto min / median / max | "
           "Gatehouse ÷ mosquitto |")
         w("|---|---|---|---|---|")
@@ -1355,7 +1778,10 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
             meds = []
             for b in BROKERS:
                 s = sc["summary"][b].get(met["key"])
-                if s is None:
+                if only and b == MOSQUITTO:
+                    cells.append("n/a")
+                    meds.append(None)
+                elif s is None:
                     cells.append("–")
                     meds.append(None)
                 else:
@@ -1367,10 +1793,12 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
                      else "–")
             if met["better"] == "info":
                 ratio = ratio + " (for information)" if ratio != "–" else ratio
+            if only:
+                ratio = "n/a"
             w(f"| {met['label']} ({met['unit']}) | {met['better']} | {cells[0]} | {cells[1]} "
               f"| {ratio} |")
         w("")
-        errs = [(b, r) for b in BROKERS for r in sc["runs"][b] if r["error"]]
+        errs = [(b, r) for b in BROKERS for r in sc["runs"].get(b, []) if r["error"]]
         if errs:
             w("**Failed runs** (excluded from the figures above):")
             w("")
@@ -1420,6 +1848,9 @@ def display_args(args: list[str]) -> list[str]:
     for a in it:
         if a == "--json":
             next(it, None)
+        elif a == "--auth-data-file":
+            next(it, None)
+            shown += [a, "TOKENS_FILE"]
         elif a == "-p":
             next(it, None)
             shown += ["-p", "PORT"]

@@ -200,6 +200,11 @@ pub struct Common {
     /// Re-authenticate (AUTH 0x19, same method and data) every MS milliseconds.
     #[arg(long = "reauth-interval", value_name = "MS")]
     pub reauth_interval: Option<u64>,
+
+    /// Credentials expire this long after CONNECT: for each connection the server closes,
+    /// record how late that was (`expiry_delay_ms` in --json).
+    #[arg(long = "expect-lifetime", value_name = "SECS")]
+    pub expect_lifetime: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -318,6 +323,11 @@ impl Cli {
             && !(d > 0.0 && d.is_finite())
         {
             return Err("--duration must be a positive number of seconds".into());
+        }
+        if let Some(l) = c.expect_lifetime
+            && !(l > 0.0 && l.is_finite() && l < 1e9)
+        {
+            return Err("--expect-lifetime must be a positive number of seconds".into());
         }
         if !(c.connect_timeout > 0.0 && c.connect_timeout.is_finite()) {
             return Err("--connect-timeout must be a positive number of seconds".into());
@@ -489,7 +499,7 @@ mod tests {
     #[test]
     fn extras() {
         let line = "conn -c 10 --duration 2.5 --json out.json --auth-method K8S-SAT \
-                    --auth-data tok --reauth-interval 500 --workers 2";
+                    --auth-data tok --reauth-interval 500 --workers 2 --expect-lifetime 2.5";
         let Command::Conn(c) = ok(line).command else {
             panic!()
         };
@@ -499,6 +509,7 @@ mod tests {
         assert_eq!(c.common.auth_data.as_deref(), Some("tok"));
         assert_eq!(c.common.reauth_interval, Some(500));
         assert_eq!(c.common.workers, Some(2));
+        assert_eq!(c.common.expect_lifetime, Some(2.5));
         let Command::Sub(s) = ok("sub -t t --recv-limit 500").command else {
             panic!()
         };
@@ -527,6 +538,7 @@ mod tests {
             "conn --reauth-interval 10",
             "conn --certfile c.pem",
             "conn --duration 0",
+            "conn --expect-lifetime 0",
             "pub -t t --min-random-wait 10 --max-random-wait 5",
         ] {
             let cli = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));

@@ -291,6 +291,10 @@ struct Client {
     latency_batch: Vec<u64>,
     // re-authentication
     reauth_pending: bool,
+    /// When CONNECT was written: the reference for `--expect-lifetime`. The server decides
+    /// (and starts the credential's lifetime) after this, so a delay measured from here is
+    /// never less than the real one.
+    connect_sent: Instant,
 }
 
 impl Client {
@@ -342,6 +346,7 @@ impl Client {
             recv_batch: 0,
             latency_batch: Vec::new(),
             reauth_pending: false,
+            connect_sent: now,
         }
     }
 
@@ -398,6 +403,18 @@ impl Client {
         self.shared.mark_attempted();
         self.on_connack(&ack);
         let end = self.session(&mut r, &mut w, needs_flush).await;
+        if let End::Lost(_) = end
+            && let Some(lifetime) = self.shared.stats.expected_lifetime_secs()
+        {
+            // Taken before anything else: the instant the close (or DISCONNECT) was read.
+            let expected = self.connect_sent + Duration::from_secs_f64(lifetime);
+            let now = Instant::now();
+            let delay_us = match now.checked_duration_since(expected) {
+                Some(late) => i64::try_from(late.as_micros()).unwrap_or(i64::MAX),
+                None => -i64::try_from((expected - now).as_micros()).unwrap_or(i64::MAX),
+            };
+            self.shared.stats.record_expiry_delay(delay_us);
+        }
         match end {
             End::Stopped | End::Done => {
                 self.send(&Packet::Disconnect(Disconnect::default()));
@@ -457,10 +474,18 @@ impl Client {
         w.write_all(&self.out).await.map_err(Fail::io)?;
         w.flush().await.map_err(Fail::io)?;
         self.out.clear();
-        self.last_sent = Instant::now();
+        let sent = Instant::now();
+        self.last_sent = sent;
+        self.connect_sent = sent;
         loop {
             match decode(&mut self.inbuf, self.protocol, usize::MAX) {
-                Ok(Some(Packet::ConnAck(ack))) if ack.code.is_success() => return Ok(ack),
+                Ok(Some(Packet::ConnAck(ack))) if ack.code.is_success() => {
+                    let us = sent.elapsed().as_micros();
+                    self.shared
+                        .stats
+                        .record_connect_latency(u64::try_from(us).unwrap_or(u64::MAX));
+                    return Ok(ack);
+                }
                 Ok(Some(Packet::ConnAck(ack))) => return Err(Fail::ConnAck(ack.code)),
                 Ok(Some(Packet::Auth(a))) => {
                     return Err(Fail::Protocol(format!(
@@ -922,6 +947,7 @@ impl Client {
                 self.reauth_pending = false;
                 if a.code == ReasonCode::SUCCESS {
                     stats.inc(Counter::ReauthSucc);
+                    stats.mark(Counter::ReauthSucc, now_ns());
                 } else {
                     stats.inc(Counter::ReauthFail);
                     return Err(format!(

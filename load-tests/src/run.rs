@@ -152,6 +152,18 @@ fn summary_line(v: &serde_json::Value) -> String {
             l["p50"], l["p90"], l["p99"], l["max"]
         ));
     }
+    if let Some(l) = v["connect_latency_ms"].as_object() {
+        parts.push(format!(
+            "connect_ms p50={} p99={} max={}",
+            l["p50"], l["p99"], l["max"]
+        ));
+    }
+    if let Some(e) = v["expiry_delay_ms"].as_object() {
+        parts.push(format!(
+            "expiry_delay_ms count={} early={} p50={} p99={} max={}",
+            e["count"], e["early"], e["p50"], e["p99"], e["max"]
+        ));
+    }
     parts.push(format!(
         "cpu={}s ({}% of one core) max_rss={}KB",
         v["cpu"]["total_secs"], v["cpu"]["percent_of_one_core"], v["max_rss_kb"]
@@ -275,7 +287,10 @@ async fn plan(command: &Command, c: &Common, workers: usize) -> Result<Shared, S
         reauth_interval: c.reauth_interval.map(Duration::from_millis),
         connect_timeout: Duration::from_secs_f64(c.connect_timeout),
         num_retry_connect: c.num_retry_connect,
-        stats: Stats::new(workers * 4),
+        stats: match c.expect_lifetime {
+            Some(secs) => Stats::new(workers * 4).with_expected_lifetime(secs),
+            None => Stats::new(workers * 4),
+        },
         stop: watch::channel(false).0,
         go: watch::channel(false).0,
         attempted: AtomicU64::new(0),

@@ -8,10 +8,15 @@
 //! that moves again after a pause reports its average over the pause, as emqtt-bench does).
 //! emqtt-bench's `publish_latency avg=<n>ms` line is extended with p50/p90/p99/max.
 //!
+//! Two more distributions appear in the summary only (no per-second line): CONNECT→CONNACK
+//! latency per connection, and, with `--expect-lifetime`, how late the server closed each
+//! connection after the instant its credential was expected to expire (CONNECT written +
+//! the lifetime).
+//!
 //! Not here: what the counters mean for each MQTT flow (that is `client.rs`).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -109,7 +114,12 @@ struct Window {
 }
 
 /// The counters with a [`Window`], as they are named in `--json`'s `windows_unix`.
-pub const WINDOWED: [Counter; 3] = [Counter::Recv, Counter::Pub, Counter::ConnectSucc];
+pub const WINDOWED: [Counter; 4] = [
+    Counter::Recv,
+    Counter::Pub,
+    Counter::ConnectSucc,
+    Counter::ReauthSucc,
+];
 
 /// Latency is recorded in microseconds, up to an hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -118,12 +128,28 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
 }
 
+/// `--expect-lifetime`: per connection the server closed, close time − (CONNECT written + the
+/// expected lifetime). The server starts the lifetime when it decides, after CONNECT was
+/// written, so this is an upper bound of the real delay, too high by at most that
+/// connection's CONNECT→CONNACK time. A close before the reference instant is an *early*
+/// close: it counts as 0 in the histogram, and `min_us` keeps the signed smallest delay.
+struct ExpiryDelay {
+    lifetime_secs: f64,
+    histogram: Mutex<Histogram<u64>>,
+    early: AtomicU64,
+    min_us: AtomicI64,
+}
+
 pub struct Stats {
     slots: [Slot; COUNTERS],
     windows: [Window; WINDOWED.len()],
     /// Sharded so that subscribers on different threads rarely wait for each other; the
     /// reporter drains every shard once a second.
     latency: Box<[Mutex<Histogram<u64>>]>,
+    /// CONNECT written → CONNACK (success) decoded, µs. One sample per connection, so one lock
+    /// is enough (a few thousand samples a second).
+    connect_latency: Mutex<Histogram<u64>>,
+    expiry: Option<ExpiryDelay>,
 }
 
 impl Stats {
@@ -134,7 +160,42 @@ impl Stats {
             latency: (0..latency_shards.max(1))
                 .map(|_| Mutex::new(new_histogram()))
                 .collect(),
+            connect_latency: Mutex::new(new_histogram()),
+            expiry: None,
         }
+    }
+
+    /// Measure, for every connection the server closes, how long after CONNECT + `lifetime`
+    /// that happened (`--expect-lifetime`).
+    pub fn with_expected_lifetime(mut self, lifetime_secs: f64) -> Stats {
+        self.expiry = Some(ExpiryDelay {
+            lifetime_secs,
+            histogram: Mutex::new(new_histogram()),
+            early: AtomicU64::new(0),
+            min_us: AtomicI64::new(i64::MAX),
+        });
+        self
+    }
+
+    /// The `--expect-lifetime` value, if any.
+    pub fn expected_lifetime_secs(&self) -> Option<f64> {
+        self.expiry.as_ref().map(|e| e.lifetime_secs)
+    }
+
+    /// One CONNECT→CONNACK sample (µs).
+    pub fn record_connect_latency(&self, us: u64) {
+        lock(&self.connect_latency).saturating_record(us);
+    }
+
+    /// One server close, `delay_us` after the expected expiry instant (negative: before it).
+    /// A no-op without `--expect-lifetime`.
+    pub fn record_expiry_delay(&self, delay_us: i64) {
+        let Some(e) = &self.expiry else { return };
+        if delay_us < 0 {
+            e.early.fetch_add(1, Ordering::Relaxed);
+        }
+        e.min_us.fetch_min(delay_us, Ordering::Relaxed);
+        lock(&e.histogram).saturating_record(delay_us.max(0).unsigned_abs());
     }
 
     pub fn inc(&self, c: Counter) {
@@ -203,6 +264,51 @@ impl Stats {
             }
         }
     }
+}
+
+fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A latency distribution in milliseconds, as `--json` writes it; `null` when empty.
+fn histogram_ms(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "count": h.len(),
+        "min": ms(h.min()),
+        "avg": round3(h.mean() / 1000.0),
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+    })
+}
+
+/// `expiry_delay_ms`: `null` without `--expect-lifetime`; otherwise the lifetime, how many
+/// closes were seen and how many were early, the signed minimum, and the distribution (early
+/// closes as 0).
+fn expiry_json(e: &ExpiryDelay) -> Value {
+    let h = lock(&e.histogram);
+    let mut v = json!({
+        "expected_lifetime_secs": e.lifetime_secs,
+        "reference": "CONNECT written + expected_lifetime_secs",
+        "count": h.len(),
+        "early": e.early.load(Ordering::Relaxed),
+        "min": Value::Null,
+    });
+    if !h.is_empty() {
+        let min_us = e.min_us.load(Ordering::Relaxed);
+        v["min"] = json!(min_us as f64 / 1000.0);
+        for (k, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)] {
+            v[k] = json!(ms(h.value_at_quantile(q)));
+        }
+        v["avg"] = json!(round3(h.mean() / 1000.0));
+        v["max"] = json!(ms(h.max()));
+    }
+    v
 }
 
 /// emqtt-bench's elapsed-time form: `45s`, `1m5s`, `2h0m3s`, `1d0h0m0s`. emqtt-bench prints an
@@ -319,21 +425,9 @@ impl Reporter {
             rates.insert(c.name().into(), json!(round2(rate)));
             peaks.insert(c.name().into(), json!(round2(self.peak[c as usize])));
         }
-        let h = &self.total;
-        let latency = if h.is_empty() {
-            Value::Null
-        } else {
-            json!({
-                "count": h.len(),
-                "min": ms(h.min()),
-                "avg": round3(h.mean() / 1000.0),
-                "p50": ms(h.value_at_quantile(0.50)),
-                "p90": ms(h.value_at_quantile(0.90)),
-                "p99": ms(h.value_at_quantile(0.99)),
-                "p999": ms(h.value_at_quantile(0.999)),
-                "max": ms(h.max()),
-            })
-        };
+        let latency = histogram_ms(&self.total);
+        let connect_latency = histogram_ms(&lock(&stats.connect_latency));
+        let expiry = stats.expiry.as_ref().map_or(Value::Null, expiry_json);
         let mut windows = Map::new();
         for c in WINDOWED {
             let w = stats.window(c).map(
@@ -353,6 +447,8 @@ impl Reporter {
             "rates_per_sec": rates,
             "peak_rates_per_sec": peaks,
             "latency_ms": latency,
+            "connect_latency_ms": connect_latency,
+            "expiry_delay_ms": expiry,
             "cpu": {
                 "user_secs": round3(cpu.user_secs),
                 "system_secs": round3(cpu.system_secs),
@@ -519,6 +615,60 @@ mod tests {
         assert_eq!(v["windows_unix"]["recv"]["last"], 5.5);
         assert!(v["windows_unix"]["pub"].is_null());
         assert!(v["windows_unix"]["connect_succ"].is_null());
+        assert!(v["windows_unix"]["reauth_succ"].is_null());
         assert!(v["windows_unix"].get("sub").is_none());
+    }
+
+    #[test]
+    fn connect_latency_is_summarised_once_recorded() {
+        let stats = Stats::new(1);
+        let t0 = Instant::now();
+        let r = Reporter::new(t0);
+        let v = r.summary(&stats, t0, "conn", &[]);
+        assert!(v["connect_latency_ms"].is_null(), "{v}");
+        assert!(v["expiry_delay_ms"].is_null(), "{v}");
+        // Below 2048 µs the histogram is exact; above, it reports a bucket's highest value.
+        for us in [200, 300, 400, 500, 1_900] {
+            stats.record_connect_latency(us);
+        }
+        let v = r.summary(&stats, t0, "conn", &[]);
+        let c = &v["connect_latency_ms"];
+        assert_eq!(c["count"], 5);
+        assert_eq!(c["min"], 0.2);
+        assert_eq!(c["p50"], 0.4);
+        assert_eq!(c["max"], 1.9);
+        // It does not appear as the publish latency, and no per-second line prints it.
+        assert!(v["latency_ms"].is_null());
+        let mut r = Reporter::new(t0);
+        assert!(r.tick(&stats, t0 + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn expiry_delay_counts_early_closes_and_keeps_the_signed_minimum() {
+        let stats = Stats::new(1);
+        // Without --expect-lifetime nothing is kept.
+        stats.record_expiry_delay(5_000);
+        let stats = stats.with_expected_lifetime(2.5);
+        assert_eq!(stats.expected_lifetime_secs(), Some(2.5));
+        for us in [-300, 1_000, 1_200, 1_500, 2_000] {
+            stats.record_expiry_delay(us);
+        }
+        let t0 = Instant::now();
+        let v = Reporter::new(t0).summary(&stats, t0, "conn", &[]);
+        let e = &v["expiry_delay_ms"];
+        assert_eq!(e["expected_lifetime_secs"], 2.5);
+        assert_eq!(e["count"], 5);
+        assert_eq!(e["early"], 1);
+        assert_eq!(e["min"], -0.3);
+        // The early close counts as 0 in the distribution.
+        assert_eq!(e["p50"], 1.2);
+        assert_eq!(e["max"], 2.0);
+        assert_eq!(e["p99"], 2.0);
+
+        let none = Stats::new(1).with_expected_lifetime(1.0);
+        let v = Reporter::new(t0).summary(&none, t0, "conn", &[]);
+        assert_eq!(v["expiry_delay_ms"]["count"], 0);
+        assert!(v["expiry_delay_ms"]["min"].is_null());
+        assert!(v["expiry_delay_ms"]["p99"].is_null());
     }
 }

@@ -1,6 +1,7 @@
 //! `gatehouse-bench` against a scripted in-test MQTT server built on `mqtt::codec`, for what the
 //! broker cannot show yet or should never do: v5 re-authentication (AUTH 0x19) answered and
-//! then refused, a CONNACK refusal, and MQTT over WebSocket over mutual TLS.
+//! then refused, a CONNACK refusal, MQTT over WebSocket over mutual TLS, and connections closed
+//! a fixed time after CONNACK (as on credential expiry) for `--expect-lifetime`.
 //!
 //! The server acknowledges whatever arrives and records each CONNECT; it does not route.
 
@@ -37,6 +38,8 @@ enum Script {
     Refuse(u8),
     /// Answer the first `ok` re-authentications with AUTH Success, then DISCONNECT 0x87.
     Reauth { ok: usize },
+    /// CONNACK Success, then close the connection (no DISCONNECT) this many ms later.
+    CloseAfter(u64),
 }
 
 struct Fake {
@@ -173,6 +176,11 @@ async fn serve(mut io: Box<dyn Io>, script: Script, seen: Arc<Mutex<Vec<Connect>
             return;
         }
         if close {
+            let _ = io.shutdown().await;
+            return;
+        }
+        if let (Script::CloseAfter(ms), Some(Packet::ConnAck(_))) = (script, reply.first()) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             let _ = io.shutdown().await;
             return;
         }
@@ -329,4 +337,54 @@ async fn qos2_over_websocket_over_mutual_tls() {
             .iter()
             .all(|c| c.properties.session_expiry_interval == Some(60))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_after_the_expected_lifetime_are_measured() {
+    let server = fake(Script::CloseAfter(300), None, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let line = format!(
+        "conn -h 127.0.0.1 -p {} -c 4 -i 0 --expect-lifetime 0.3 --duration 60",
+        server.addr.port()
+    );
+    // Every connection is closed by the server, so the run ends on its own.
+    let out = bench_async(args(&line, &json)).await;
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("expiry_delay_ms count=4"),
+        "{}",
+        out.stdout
+    );
+    let v = read_json(&json);
+    assert_eq!(counter(&v, "connect_succ"), 4);
+    assert_eq!(counter(&v, "connection_lost"), 4);
+    let e = &v["expiry_delay_ms"];
+    assert_eq!(e["expected_lifetime_secs"], 0.3, "{e}");
+    assert_eq!(e["count"], 4, "{e}");
+    for k in ["min", "p50", "p99", "max"] {
+        assert!(e[k].is_number(), "{k}: {e}");
+    }
+    // One CONNECT→CONNACK sample per connection.
+    assert_eq!(v["connect_latency_ms"]["count"], 4, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_expect_lifetime_there_is_no_expiry_figure() {
+    let server = fake(Script::Accept, None, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let line = format!(
+        "conn -h 127.0.0.1 -p {} -c 3 -i 0 --duration 0.5",
+        server.addr.port()
+    );
+    let out = bench_async(args(&line, &json)).await;
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    let v = read_json(&json);
+    assert_eq!(counter(&v, "connect_succ"), 3);
+    assert!(v["expiry_delay_ms"].is_null(), "{v}");
+    assert_eq!(v["connect_latency_ms"]["count"], 3, "{v}");
+    for k in ["min", "p50", "p90", "p99", "p999", "max"] {
+        assert!(v["connect_latency_ms"][k].is_number(), "{k}: {v}");
+    }
 }
