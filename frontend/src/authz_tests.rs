@@ -325,17 +325,27 @@ fn cache_is_observable_through_its_counters_scenario_41() {
     };
     let counts = || (RULE_EVALUATIONS.load(Relaxed), CACHE_HITS.load(Relaxed));
     let start = counts();
-    let cached = policy(&yaml("Enabled")).connect("c", &principal(None, &[])).unwrap();
+    let cached = policy(&yaml("Enabled"))
+        .connect("c", &principal(None, &[]))
+        .unwrap();
     for _ in 0..3 {
         assert!(cached.may_publish("t/1"));
     }
     assert_eq!(counts(), (start.0 + 1, start.1 + 2));
-    let uncached = policy(&yaml("Disabled")).connect("c", &principal(None, &[])).unwrap();
+    let uncached = policy(&yaml("Disabled"))
+        .connect("c", &principal(None, &[]))
+        .unwrap();
     for _ in 0..3 {
         assert!(uncached.may_publish("t/1"));
     }
     assert_eq!(counts(), (start.0 + 4, start.1 + 2));
-    let fresh = policy(&yaml("Enabled")).connect("c", &principal(None, &[])).unwrap();
+    let fresh = policy(&yaml("Enabled"))
+        .connect("c", &principal(None, &[]))
+        .unwrap();
     assert!(fresh.may_publish("t/1"));
-    assert_eq!(counts().0, start.0 + 5, "a new compilation starts with an empty cache");
+    assert_eq!(
+        counts().0,
+        start.0 + 5,
+        "a new compilation starts with an empty cache"
+    );
 }

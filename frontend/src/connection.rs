@@ -7,16 +7,17 @@
 //! ordering (nothing but AUTH is processed before CONNACK), timers (keep alive, connect
 //! timeout, will delay, session expiry) and write backpressure.
 //!
-//! Write backpressure: output goes into a shared buffer drained by a local writer task. While
-//! more than [`HIGH_WATERMARK`] bytes wait, the actor stops taking deliveries from the outbox,
-//! so a slow reader's messages queue (boundedly) in its outbox instead of in memory without
-//! limit, and the router drops for that subscriber alone when the outbox is full.
+//! Write backpressure: output goes into a shared buffer drained by a local writer task (started
+//! when there is something to write, gone again once it is written). While more than
+//! [`HIGH_WATERMARK`] bytes wait, the actor stops taking deliveries from the outbox, so a slow
+//! reader's messages queue (boundedly) in its outbox instead of in memory without limit, and
+//! the router drops for that subscriber alone when the outbox is full.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -71,7 +72,8 @@ pub struct Shared {
 /// The connected clients of one port, by connection id.
 #[derive(Default)]
 pub struct LiveConnections {
-    conns: parking_lot::Mutex<std::collections::HashMap<u64, Addr<Connection>>>,
+    /// The same `Control` the router holds: one actix sender per connection, not one per user.
+    conns: parking_lot::Mutex<std::collections::HashMap<u64, Arc<Control>>>,
 }
 
 impl LiveConnections {
@@ -79,9 +81,9 @@ impl LiveConnections {
     /// disconnects (`disconnect`), or recompiles its permissions and drops the subscriptions
     /// they no longer cover.
     pub fn policy_updated(&self, disconnect: bool) -> usize {
-        let conns: Vec<Addr<Connection>> = self.conns.lock().values().cloned().collect();
+        let conns: Vec<Arc<Control>> = self.conns.lock().values().cloned().collect();
         for c in &conns {
-            c.do_send(PolicyUpdated { disconnect });
+            c.0.do_send(PolicyUpdated { disconnect });
         }
         conns.len()
     }
@@ -118,11 +120,14 @@ static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 #[derive(Default)]
 struct WriteState {
     buf: BytesMut,
+    /// The socket's write side while no writer task runs; the task takes it for as long as it
+    /// has something to write and puts it back when done. `None` also once writing failed or
+    /// the socket was shut down.
+    io: Option<Box<dyn AsyncWrite + Unpin>>,
     /// Bytes handed to the socket and not yet confirmed written.
     writing: usize,
     closing: bool,
     closed: bool,
-    waker: Option<Waker>,
     /// The actor paused deliveries and wants a wake-up below the low watermark.
     wants_wake: bool,
 }
@@ -131,6 +136,12 @@ impl WriteState {
     fn pending(&self) -> usize {
         self.buf.len() + self.writing
     }
+}
+
+struct ConnectIdentity {
+    client_id: String,
+    username: Option<String>,
+    password: Option<Bytes>,
 }
 
 struct Attachment {
@@ -147,10 +158,16 @@ pub struct Connection {
     /// Passed to every authentication request (X.509 identity, re-checks).
     tls_chain: Option<Arc<[CertificateDer<'static>]>>,
     write: Rc<RefCell<WriteState>>,
-    /// Taken by `started`, which spawns the writer task.
-    writer_io: Option<Box<dyn AsyncWrite + Unpin>>,
+    /// Taken by `started`, which reads from it.
     reader_io: Option<Box<dyn AsyncRead + Unpin>>,
+    /// The CONNECT being answered, until the session is attached; then only `identity`.
     connect: Option<Box<Connect>>,
+    /// What later authentication requests need from CONNECT, kept instead of the whole packet
+    /// (a few hundred bytes with its will and properties) once the session is attached.
+    identity: Option<ConnectIdentity>,
+    /// Closes the connection if CONNECT does not come in time; cancelled once attached, so
+    /// that an idle connection does not hold it.
+    connect_timer: Option<SpawnHandle>,
     principal: Principal,
     attachment: Option<Attachment>,
     keep_alive_timer: Option<SpawnHandle>,
@@ -210,17 +227,15 @@ struct Kick {
 #[rtype(result = "()")]
 struct WriterDone;
 
-struct Control {
-    wake: Recipient<Wake>,
-    kick: Recipient<Kick>,
-}
+/// One address rather than a `Recipient` per message type: every actix sender allocates.
+struct Control(Addr<Connection>);
 
 impl ConnControl for Control {
     fn wake(&self) {
-        self.wake.do_send(Wake);
+        self.0.do_send(Wake);
     }
     fn kick(&self, code: ReasonCode, reason: String) {
-        self.kick.do_send(Kick { code, reason });
+        self.0.do_send(Kick { code, reason });
     }
 }
 
@@ -240,10 +255,14 @@ impl Connection {
             shared,
             peer: info.peer,
             tls_chain: info.tls_chain,
-            write: Rc::new(RefCell::new(WriteState::default())),
-            writer_io: Some(Box::new(writer)),
+            write: Rc::new(RefCell::new(WriteState {
+                io: Some(Box::new(writer)),
+                ..WriteState::default()
+            })),
             reader_io: Some(Box::new(reader)),
             connect: None,
+            identity: None,
+            connect_timer: None,
             principal: Principal::default(),
             attachment: None,
             keep_alive_timer: None,
@@ -266,6 +285,7 @@ impl Connection {
             .as_ref()
             .map(|a| a.client_id.as_str())
             .or(self.connect.as_ref().map(|c| c.client_id.as_str()))
+            .or(self.identity.as_ref().map(|i| i.client_id.as_str()))
             .unwrap_or("")
     }
 
@@ -281,13 +301,13 @@ impl Connection {
                 break;
             }
         }
-        self.drain_outbox(now);
+        self.drain_outbox(now, ctx);
         self.report_completed();
-        self.flush();
+        self.flush(ctx);
         self.arm_keep_alive(ctx);
     }
 
-    fn drain_outbox(&mut self, now: Instant) {
+    fn drain_outbox(&mut self, now: Instant, ctx: &mut Context<Self>) {
         let Some(outbox) = self.attachment.as_ref().map(|a| a.outbox.clone()) else {
             return;
         };
@@ -312,7 +332,7 @@ impl Connection {
             }
             // Hand output to the writer in batches rather than per message.
             if self.session_pending() > LOW_WATERMARK {
-                self.flush();
+                self.flush(ctx);
             }
         }
         if sent > 0 {
@@ -378,7 +398,7 @@ impl Connection {
         self.session.transmit_len()
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, ctx: &mut Context<Self>) {
         if let Some(bytes) = self.session.take_transmit() {
             let mut w = self.write.borrow_mut();
             if w.closed {
@@ -389,9 +409,19 @@ impl Connection {
             } else {
                 w.buf.extend_from_slice(&bytes);
             }
-            if let Some(waker) = w.waker.take() {
-                waker.wake();
-            }
+            drop(w);
+            self.start_writer(ctx);
+        }
+    }
+
+    /// Make sure a writer task is on the buffered output (or the shutdown): start one unless
+    /// one is running. It runs after the actor yields, so what the actor says in one go goes
+    /// out in one write, and it ends once it has nothing left to write, so an idle connection
+    /// has no task besides its actor.
+    fn start_writer(&self, ctx: &mut Context<Self>) {
+        let io = self.write.borrow_mut().io.take();
+        if let Some(io) = io {
+            actix_rt::spawn(write_loop(io, self.write.clone(), ctx.address()));
         }
     }
 
@@ -417,13 +447,9 @@ impl Connection {
                 let qos = message.qos;
                 self.shared.metrics.publish_received(message.payload.len());
                 let mut ticket = None;
-                let (code, reason) = if !self
-                    .shared
-                    .metrics
-                    .authorization(
-                        !reserved(&message.topic) && self.permissions.may_publish(&message.topic),
-                    )
-                {
+                let (code, reason) = if !self.shared.metrics.authorization(
+                    !reserved(&message.topic) && self.permissions.may_publish(&message.topic),
+                ) {
                     debug!(client_id = self.client_id(), topic = %message.topic, "publish not authorized");
                     (
                         ReasonCode::NOT_AUTHORIZED,
@@ -502,13 +528,17 @@ impl Connection {
         method: Option<String>,
         data: Option<Bytes>,
     ) -> AuthRequest {
-        let c = self.connect.as_deref();
+        let (client_id, username, password) = match (&self.connect, &self.identity) {
+            (Some(c), _) => (Some(&c.client_id), c.username.as_ref(), c.password.as_ref()),
+            (None, Some(i)) => (Some(&i.client_id), i.username.as_ref(), i.password.as_ref()),
+            (None, None) => (None, None, None),
+        };
         AuthRequest {
             kind,
             protocol: self.session.protocol(),
-            client_id: c.map(|c| c.client_id.clone()).unwrap_or_default(),
-            username: c.and_then(|c| c.username.clone()),
-            password: c.and_then(|c| c.password.clone()).map(Secret),
+            client_id: client_id.cloned().unwrap_or_default(),
+            username: username.cloned(),
+            password: password.cloned().map(Secret),
             method,
             data: data.map(Secret),
             listener_port: self.shared.listener_port,
@@ -638,18 +668,14 @@ impl Connection {
         } else {
             connect.client_id.clone()
         };
-        let addr = ctx.address();
-        let control: Arc<dyn ConnControl> = Arc::new(Control {
-            wake: addr.clone().recipient(),
-            kick: addr.recipient(),
-        });
+        let control = Arc::new(Control(ctx.address()));
         let request = ConnectRequest {
             client_id: client_id.clone(),
             owner: self.permissions.session_owner(),
             clean_start: connect.clean_start,
             session_expiry: self.session.session_expiry(),
             will: connect.will.clone(),
-            control,
+            control: control.clone(),
         };
         let now = Instant::now();
         match self.shared.router.connect(request, force, now) {
@@ -667,7 +693,7 @@ impl Connection {
                 self.pump(ctx);
             }
             ConnectOutcome::Attached(att) => {
-                let attached = (att, client_id, assigned, auth_data);
+                let attached = (att, client_id, assigned, auth_data, control);
                 match self.durable_wait() {
                     None => self.finish_attach(attached, now, ctx),
                     Some(ticket) => {
@@ -692,11 +718,12 @@ impl Connection {
 
     fn finish_attach(
         &mut self,
-        (att, client_id, assigned, auth_data): (
+        (att, client_id, assigned, auth_data, control): (
             crate::router::Attached,
             String,
             Option<String>,
             Option<Bytes>,
+            Arc<Control>,
         ),
         now: Instant,
         ctx: &mut Context<Self>,
@@ -723,6 +750,24 @@ impl Connection {
                     generation: att.generation,
                     outbox: att.outbox,
                 });
+                // Connected: the CONNECT timeout is moot, and of CONNECT only what
+                // re-authentication sends again is still needed.
+                if let Some(timer) = self.connect_timer.take() {
+                    ctx.cancel_future(timer);
+                }
+                if let Some(connect) = self.connect.take() {
+                    let Connect {
+                        client_id,
+                        username,
+                        password,
+                        ..
+                    } = *connect;
+                    self.identity = Some(ConnectIdentity {
+                        client_id,
+                        username,
+                        password,
+                    });
+                }
                 self.shared
                     .metrics
                     .connected_sessions
@@ -732,10 +777,9 @@ impl Connection {
                     .live
                     .conns
                     .lock()
-                    .insert(self.connection_id, ctx.address());
+                    .insert(self.connection_id, control.clone());
                 let expiry = self.expiry;
                 self.arm_expiry(expiry, ctx);
-                let addr = ctx.address();
                 self.watch = self
                     .shared
                     .authenticator
@@ -744,10 +788,7 @@ impl Connection {
                         client_id: self.client_id().to_string(),
                         principal: self.principal.clone(),
                         expiry,
-                        control: Arc::new(Control {
-                            wake: addr.clone().recipient(),
-                            kick: addr.recipient(),
-                        }),
+                        control,
                     });
                 self.pump(ctx);
             }
@@ -918,13 +959,9 @@ impl Connection {
             }
         }
         // Let the writer flush what the session said last (CONNACK, DISCONNECT), then stop.
-        self.flush();
-        let mut w = self.write.borrow_mut();
-        w.closing = true;
-        if let Some(waker) = w.waker.take() {
-            waker.wake();
-        }
-        drop(w);
+        self.flush(ctx);
+        self.write.borrow_mut().closing = true;
+        self.start_writer(ctx);
         // A peer that never reads must not keep us around: stop after a grace period.
         ctx.run_later(Duration::from_secs(5), |_, ctx| ctx.stop());
     }
@@ -935,19 +972,16 @@ impl Actor for Connection {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let reader = self.reader_io.take().expect("started once");
-        ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(reader, 4096));
-        let writer = self.writer_io.take().expect("started once");
-        let state = self.write.clone();
-        let addr = ctx.address();
-        actix_rt::spawn(write_loop(writer, state, addr));
-        ctx.run_later(CONNECT_TIMEOUT, |act, ctx| {
+        ctx.add_stream(ReadChunks(Some(reader)));
+        self.connect_timer = Some(ctx.run_later(CONNECT_TIMEOUT, |act, ctx| {
+            act.connect_timer = None;
             if !act.session.is_connected() && !act.finished {
                 act.close_cause = Some("no CONNECT in time".to_string());
                 act.session
                     .disconnect(ReasonCode::MAXIMUM_CONNECT_TIME, None, false);
                 act.pump(ctx);
             }
-        });
+        }));
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
@@ -959,14 +993,14 @@ impl Actor for Connection {
     }
 }
 
-impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
-    fn handle(&mut self, item: Result<Bytes, std::io::Error>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<BytesMut, std::io::Error>> for Connection {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
         match item {
             Ok(bytes) => {
                 if self.finished {
                     return;
                 }
-                self.session.feed(&bytes);
+                self.session.feed_buf(bytes);
                 self.pump(ctx);
             }
             Err(e) => {
@@ -1061,27 +1095,69 @@ impl Handler<WriterDone> for Connection {
     }
 }
 
-/// Writes whatever the actor buffered, in as few syscalls as the buffer allows.
+/// Most bytes one read takes from the connection.
+const READ_CHUNK: usize = 4096;
+
+/// The connection's input as a stream of chunks, each in a buffer of its own size.
+///
+/// Reads go through a buffer on the stack, so that an idle connection holds no read buffer
+/// (a `ReaderStream` keeps its whole capacity allocated between reads); what arrives is copied
+/// out at its own size and handed to the session, which takes the buffer over.
+struct ReadChunks(Option<Box<dyn AsyncRead + Unpin>>);
+
+impl futures_util::Stream for ReadChunks {
+    type Item = std::io::Result<BytesMut>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let Some(io) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+        let result = std::task::ready!(std::pin::Pin::new(io).poll_read(cx, &mut buf));
+        Poll::Ready(match result {
+            Ok(()) if buf.filled().is_empty() => {
+                // End of input.
+                self.0 = None;
+                None
+            }
+            Ok(()) => Some(Ok(BytesMut::from(buf.filled()))),
+            Err(e) => {
+                // As `ReaderStream`: the error, then the end.
+                self.0 = None;
+                Some(Err(e))
+            }
+        })
+    }
+}
+
+/// Writes whatever the actor buffered, in as few syscalls as the buffer allows; then hands
+/// the socket back and ends, or, when the connection is closing, shuts the socket down.
 async fn write_loop(
     mut io: Box<dyn AsyncWrite + Unpin>,
     state: Rc<RefCell<WriteState>>,
     addr: Addr<Connection>,
 ) {
     loop {
-        let next = std::future::poll_fn(|cx| {
+        let next = {
             let mut s = state.borrow_mut();
             if !s.buf.is_empty() {
-                let chunk = s.buf.split().freeze();
+                // The whole buffer, capacity included: nothing stays allocated here while
+                // the connection idles.
+                let chunk = std::mem::take(&mut s.buf).freeze();
                 s.writing = chunk.len();
-                Poll::Ready(Some(chunk))
+                Some(chunk)
             } else if s.closing {
-                Poll::Ready(None)
+                None
             } else {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
+                // Everything is written: the next flush starts a new writer.
+                s.io = Some(io);
+                return;
             }
-        })
-        .await;
+        };
         match next {
             Some(chunk) => {
                 // The flush is free on TCP, but TLS and WebSocket streams may keep the tail of

@@ -19,4 +19,5 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tls_stream;
 pub mod ws;

@@ -315,13 +315,16 @@ struct ClientEntry {
     online: Option<Arc<dyn ConnControl>>,
     subscriptions: HashMap<String, Subscription>,
     offline_state: Option<SessionState>,
-    will: Option<Will>,
+    /// Boxed: most clients have no will, and a `Will` is a few hundred bytes.
+    will: Option<Box<Will>>,
     takeover_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Tables {
     by_client_id: HashMap<String, u64>,
-    sessions: HashMap<u64, ClientEntry>,
+    /// Boxed entries: the table keeps spare buckets (up to half of them after it grows), and
+    /// a spare bucket then costs a pointer rather than a whole entry.
+    sessions: HashMap<u64, Box<ClientEntry>>,
     subs: SubscriptionTrie<u64, Subscription>,
     /// Keyed by the inner filter; the trie key is the group name.
     shared: SubscriptionTrie<Arc<str>, SharedGroup>,
@@ -441,7 +444,7 @@ impl LocalRouter {
         subs.sort_by(|a, b| a.filter.cmp(&b.filter));
         let will = e.will.as_ref().map(|w| store::StoredWill {
             delay: w.properties.will_delay_interval.unwrap_or(0),
-            will: w.clone(),
+            will: Will::clone(w),
         });
         Some(store.submit(Op::PutSession {
             client_id: e.key.clone(),
@@ -583,7 +586,7 @@ impl LocalRouter {
                     due_wills.push(w.will);
                 } else {
                     entry_timers.will_after = Some(Duration::from_secs(left));
-                    will = Some(w.will);
+                    will = Some(Box::new(w.will));
                 }
             }
             entry_timers.expire_after = remaining.map(Duration::from_secs);
@@ -593,7 +596,7 @@ impl LocalRouter {
             t.by_client_id.insert(s.client_id.clone(), sid);
             t.sessions.insert(
                 sid,
-                ClientEntry {
+                Box::new(ClientEntry {
                     key: Arc::from(s.client_id.as_str()),
                     client_id: s.client_id.clone(),
                     session_expiry: s.session_expiry,
@@ -607,7 +610,7 @@ impl LocalRouter {
                     offline_state: None,
                     will,
                     takeover_waiters: Vec::new(),
-                },
+                }),
             );
             let entry = t.sessions.get(&sid).expect("just inserted");
             self.persist_session(entry);
@@ -713,7 +716,7 @@ impl LocalRouter {
     }
 
     /// Removes a session from the tables and from the store.
-    fn end_session(&self, t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
+    fn end_session(&self, t: &mut Tables, session_id: u64) -> Option<Box<ClientEntry>> {
         let entry = Self::remove_session(t, session_id)?;
         if let Some(store) = self.persistent(&entry) {
             store.submit(Op::DeleteSession {
@@ -723,7 +726,7 @@ impl LocalRouter {
         Some(entry)
     }
 
-    fn remove_session(t: &mut Tables, session_id: u64) -> Option<ClientEntry> {
+    fn remove_session(t: &mut Tables, session_id: u64) -> Option<Box<ClientEntry>> {
         let entry = t.sessions.remove(&session_id)?;
         if let Some(owner) = &entry.owner
             && let Some(n) = t.owned.get_mut(owner)
@@ -884,7 +887,7 @@ impl Router for LocalRouter {
                     // [MQTT-3.1.3-9]: a pending will delay is over when the session ends.
                     if let Some(will) = old.will {
                         drop(t);
-                        self.publish(will_message(will, sid, now), now);
+                        self.publish(will_message(*will, sid, now), now);
                         t = self.tables.lock();
                     }
                 }
@@ -894,7 +897,7 @@ impl Router for LocalRouter {
                 entry.online = Some(req.control.clone());
                 // A will pending from the previous connection is cancelled by reconnecting
                 // ([MQTT-3.1.3-9]); the new connection's will replaces it.
-                entry.will = req.will;
+                entry.will = req.will.map(Box::new);
                 entry.outbox.set_control(Some(req.control));
                 entry.offline_since = None;
                 if entry.owner.is_none()
@@ -919,7 +922,7 @@ impl Router for LocalRouter {
                 let outbox = entry.outbox.clone();
                 drop(t);
                 if let Some(will) = forced_will {
-                    self.publish(will_message(will, sid, now), now);
+                    self.publish(will_message(*will, sid, now), now);
                 }
                 return ConnectOutcome::Attached(Attached {
                     session_present: true,
@@ -941,7 +944,7 @@ impl Router for LocalRouter {
         t.by_client_id.insert(req.client_id.clone(), sid);
         t.sessions.insert(
             sid,
-            ClientEntry {
+            Box::new(ClientEntry {
                 key: Arc::from(req.client_id.as_str()),
                 client_id: req.client_id,
                 session_expiry: req.session_expiry,
@@ -953,9 +956,9 @@ impl Router for LocalRouter {
                 online: Some(req.control),
                 subscriptions: HashMap::new(),
                 offline_state: None,
-                will: req.will,
+                will: req.will.map(Box::new),
                 takeover_waiters: Vec::new(),
-            },
+            }),
         );
         self.persist_session(t.sessions.get(&sid).expect("just inserted"));
         ConnectOutcome::Attached(Attached {
@@ -1043,7 +1046,7 @@ impl Router for LocalRouter {
         }
         drop(t);
         if let Some(will) = immediate_will {
-            self.publish(will_message(will, session_id, now), now);
+            self.publish(will_message(*will, session_id, now), now);
         }
         timers
     }
@@ -1060,7 +1063,7 @@ impl Router for LocalRouter {
             self.persist_session(e);
         }
         drop(t);
-        self.publish(will_message(will, sid, now), now);
+        self.publish(will_message(*will, sid, now), now);
     }
 
     fn expire_session(&self, client_id: &str, generation: u64, now: Instant) {
@@ -1072,7 +1075,7 @@ impl Router for LocalRouter {
         drop(t);
         // A will still waiting for its delay goes out when the session ends.
         if let Some(will) = removed.and_then(|e| e.will) {
-            self.publish(will_message(will, sid, now), now);
+            self.publish(will_message(*will, sid, now), now);
         }
     }
 

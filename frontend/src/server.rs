@@ -547,8 +547,9 @@ async fn serve(
         }
         return;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    // rustls' unbuffered API: an idle TLS connection holds no buffers (see `tls_stream`).
+    let accept = crate::tls_stream::accept(config, stream);
+    let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
@@ -561,8 +562,6 @@ async fn serve(
     };
     // Verified by the port's client verifier during the handshake; owned so it outlives it.
     let tls_chain = stream
-        .get_ref()
-        .1
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect());
     let info = ConnInfo { peer, tls_chain };

@@ -219,10 +219,13 @@ struct Handshake {
 
 async fn handshake(server: Arc<ServerConfig>, client: ClientConfig) -> Result<Handshake, String> {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    // The broker's own accept path.
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let name = ServerName::try_from("localhost").unwrap();
-    let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+    let (s, c) = tokio::join!(
+        crate::tls_stream::accept(server, a),
+        connector.connect(name, b)
+    );
     let s = s.map_err(|e| format!("server: {e}"))?;
     let c = c.map_err(|e| format!("client: {e}"))?;
     let owned =
@@ -234,7 +237,7 @@ async fn handshake(server: Arc<ServerConfig>, client: ClientConfig) -> Result<Ha
             .peer_certificates()
             .map(owned)
             .unwrap_or_default(),
-        client_chain: s.get_ref().1.peer_certificates().map(owned),
+        client_chain: s.peer_certificates().map(owned),
     })
 }
 

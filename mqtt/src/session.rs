@@ -266,7 +266,9 @@ impl Session {
             config,
             phase: Phase::AwaitConnect,
             protocol: Protocol::V311,
-            rx: BytesMut::with_capacity(256),
+            // Allocated as bytes arrive and released once consumed (see `process`): an idle
+            // connection holds no buffers.
+            rx: BytesMut::new(),
             tx: BytesMut::new(),
             events: VecDeque::new(),
             keep_alive: Duration::ZERO,
@@ -337,6 +339,16 @@ impl Session {
         self.rx.extend_from_slice(data);
     }
 
+    /// Like [`Session::feed`], taking over the caller's buffer instead of copying it when no
+    /// earlier input is pending (the common case).
+    pub fn feed_buf(&mut self, data: BytesMut) {
+        if self.rx.is_empty() {
+            self.rx = data;
+        } else {
+            self.rx.extend_from_slice(&data);
+        }
+    }
+
     /// Decode and handle every complete packet in the read buffer, unless the session waits
     /// for the host to answer a CONNECT.
     pub fn process(&mut self, now: Instant) {
@@ -353,6 +365,12 @@ impl Session {
                     break;
                 }
             }
+        }
+        if self.rx.is_empty() {
+            // Everything read was consumed: let the buffer go (decoded payloads that still
+            // share it keep their part alive) rather than hold it while the client idles. An
+            // empty view at the end of the buffer, even without capacity, would keep it alive.
+            self.rx = BytesMut::new();
         }
     }
 
@@ -892,7 +910,13 @@ impl Session {
     // ------------------------------------------------------------------ output
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Drained: an `Event` is a few hundred bytes, so an idle connection should not
+            // keep room for several.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Bytes to write to the network, if any.
@@ -900,7 +924,9 @@ impl Session {
         if self.tx.is_empty() {
             None
         } else {
-            Some(self.tx.split())
+            // The whole buffer goes, capacity included (`split` would leave the rest of the
+            // allocation here, alive for as long as the connection idles).
+            Some(std::mem::take(&mut self.tx))
         }
     }
 

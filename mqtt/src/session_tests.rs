@@ -371,6 +371,57 @@ fn pipelined_publish_is_processed_only_after_accept() {
     assert_eq!(expect!(c.received_one(), PubAck).packet_id, 9);
 }
 
+/// An idle connection holds no buffers: input, events and output are released once consumed,
+/// so that tens of thousands of idle clients cost little memory.
+#[test]
+fn idle_session_holds_no_buffers() {
+    let mut c = connected(V5);
+    // Read into a buffer of exactly its own size, as the broker reads.
+    let bytes = c.encode(&Packet::Publish(publish("a/b", QoS::AtMostOnce, 0)));
+    c.session.feed_buf(BytesMut::from(&bytes[..]));
+    c.session.process(c.at(0));
+    let events = c.events();
+    let published = publish_events(&events);
+    assert_eq!(published.len(), 1);
+    assert!(
+        published[0].0.payload.is_unique(),
+        "the payload is all that is left of the read buffer"
+    );
+    c.send(Packet::PingReq);
+    assert!(matches!(c.received_one(), Packet::PingResp));
+    assert_eq!(c.session.rx.capacity(), 0, "read buffer released");
+    assert_eq!(c.session.events.capacity(), 0, "event queue released");
+    assert_eq!(c.session.tx.capacity(), 0, "write buffer handed over whole");
+}
+
+/// `feed_buf` takes the caller's buffer over; a packet split across buffers still decodes, and
+/// a partial packet stays buffered until the rest arrives.
+#[test]
+fn feed_buf_joins_split_packets() {
+    let mut c = connected(V5);
+    let mut bytes = c.encode(&Packet::Publish(publish("a/b", QoS::AtMostOnce, 0)));
+    bytes.extend_from_slice(&c.encode(&Packet::Publish(publish("c/d", QoS::AtMostOnce, 0))));
+    let rest = bytes.split_off(bytes.len() - 3);
+    c.session.feed_buf(bytes);
+    c.session.process(c.at(0));
+    let events = c.events();
+    let topics: Vec<&str> = publish_events(&events)
+        .iter()
+        .map(|(m, _)| m.topic.as_str())
+        .collect();
+    assert_eq!(topics, ["a/b"]);
+    assert!(c.session.buffered_input() > 0, "the second PUBLISH waits");
+    c.session.feed_buf(rest);
+    c.session.process(c.at(0));
+    let events = c.events();
+    let topics: Vec<&str> = publish_events(&events)
+        .iter()
+        .map(|(m, _)| m.topic.as_str())
+        .collect();
+    assert_eq!(topics, ["c/d"]);
+    assert_eq!(c.session.buffered_input(), 0);
+}
+
 /// [MQTT-3.2.2-6/7], [MQTT-3.1.4-6]: a refused CONNECT gets a CONNACK with the code, the
 /// connection closes, and pipelined data is never processed.
 #[test]
