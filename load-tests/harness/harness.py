@@ -1722,6 +1722,12 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
       "The exact documents are in the raw results (`configs`).")
     w("")
 
+    w("Related, hand-maintained pages: [idle-memory.md](idle-memory.md) (how the per-connection "
+      "memory was profiled and reduced, with before/after figures) and "
+      "[benchmarks-micro.md](benchmarks-micro.md) (single-function benchmarks, e.g. the "
+      "authorization check).")
+    w("")
+
     # Overview
     w("## Overview")
     w("")
