@@ -42,8 +42,12 @@ use crate::transport::{ConnectError, Target, Transport, open};
 
 /// Stop producing messages while this much is still waiting to be written.
 const OUT_HIGH_WATER: usize = 64 * 1024;
-/// Messages generated per wake-up at `-I 0`, so reads get their turn.
+/// Messages generated per wake-up when paced (`-I N`), so reads get their turn.
 const BATCH: usize = 64;
+/// Messages generated per wake-up at `-I 0`. The wake-up is a timer, and tokio's timer ticks
+/// once a millisecond, so 64 per wake-up capped an unpaced publisher at ~64k msg/s whatever
+/// the broker could take; the output high-water mark bounds this batch instead.
+const UNPACED_BATCH: usize = 4096;
 const READ_CHUNK_MIN: usize = 512;
 const READ_CHUNK_MAX: usize = 64 * 1024;
 /// The bound on sending DISCONNECT and closing when told to stop.
@@ -733,9 +737,17 @@ impl Client {
     /// already passed the next one counts as `pub_overrun`.
     fn publish_due(&mut self, plan: &PubPlan) {
         let now = Instant::now();
-        let mut budget = BATCH;
+        let mut budget = if plan.interval.is_zero() {
+            UNPACED_BATCH
+        } else {
+            BATCH
+        };
         let sent_before = self.msg_cnt;
-        while budget > 0 && self.next_due <= now && self.can_publish() {
+        while budget > 0
+            && self.next_due <= now
+            && self.can_publish()
+            && self.out.len() < OUT_HIGH_WATER
+        {
             if let Some(limit) = &plan.limit
                 && !limit.take()
             {
