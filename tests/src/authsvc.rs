@@ -158,21 +158,10 @@ impl Authsvc {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "authsvc did not exit within {EXIT_TIMEOUT:?}; log:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let dir = self.dir.path().to_path_buf();
+        process::wait_child_exit("authsvc", &mut child, EXIT_TIMEOUT, || {
+            std::fs::read_to_string(dir.join("authsvc.log")).unwrap_or_default()
+        })
     }
 
     /// Everything logged so far (stderr).
@@ -187,19 +176,7 @@ impl Authsvc {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.logs().lines().find(|l| pred(l)) {
-                return line.to_owned();
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "no authsvc log line {what} within {timeout:?}; log:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        process::wait_for_log_line("authsvc", || self.logs(), what, pred, timeout)
     }
 }
 

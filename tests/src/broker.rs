@@ -286,19 +286,7 @@ impl Broker {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.logs().lines().find(|l| pred(l)) {
-                return line.to_owned();
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "no log line {what} within {timeout:?}; log:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        process::wait_for_log_line("broker", || self.logs(), what, pred, timeout)
     }
 
     /// Send `signal` to the broker without waiting.
@@ -317,24 +305,11 @@ impl Broker {
 
     /// Wait for the broker to exit on its own; kill it and panic after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("broker already stopped");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.child = None;
-                panic!(
-                    "broker did not exit within {timeout:?}; log:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = self.child.take().expect("broker already stopped");
+        let dir = self.dir.path().to_path_buf();
+        process::wait_child_exit("broker", &mut child, timeout, || {
+            std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default()
+        })
     }
 }
 

@@ -158,3 +158,49 @@ pub fn workspace_bin(name: &str, env_var: &str, build: &str) -> PathBuf {
             panic!("{name} binary not found (looked at {candidates:?}); build it with `{build}` or set {env_var}")
         })
 }
+
+/// Polls `logs()` until a line satisfies `pred` and returns it; panics with the whole log
+/// after `timeout`. `who` names the process in the message.
+pub fn wait_for_log_line(
+    who: &str,
+    logs: impl Fn() -> String,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(line) = logs().lines().find(|l| pred(l)) {
+            return line.to_owned();
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "no {who} log line {what} within {timeout:?}; log:\n{}",
+                logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) for `child` to exit and returns its status; kills it and panics with the
+/// log after `timeout`.
+pub fn wait_child_exit(
+    who: &str,
+    child: &mut Child,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{who} did not exit within {timeout:?}; log:\n{}", logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
