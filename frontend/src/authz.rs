@@ -326,27 +326,17 @@ impl AbacPolicy {
         if !connect_ok {
             return Err("no rule grants Connect for this client id".to_string());
         }
-        let mut publish = SubscriptionTrie::new();
-        let mut subscribe = Vec::new();
+        let mut grants = TopicGrants::default();
         for rule in &applicable {
-            for t in &rule.publish {
-                if let Some(filter) = t.render(&who)
-                    && topic::validate_topic_filter(&filter).is_ok()
-                {
-                    publish.insert(&filter, filter.clone(), ());
-                }
+            for filter in rule.publish.iter().filter_map(|t| t.render(&who)) {
+                grants.grant_publish(filter);
             }
-            for t in &rule.subscribe {
-                if let Some(filter) = t.render(&who)
-                    && topic::validate_topic_filter(&filter).is_ok()
-                {
-                    subscribe.push(filter);
-                }
+            for filter in rule.subscribe.iter().filter_map(|t| t.render(&who)) {
+                grants.grant_subscribe(filter);
             }
         }
         Ok(ClientPermissions {
-            publish,
-            subscribe,
+            grants,
             cache: self.cache.then(|| Mutex::new(HashMap::new())),
         })
     }
@@ -628,12 +618,56 @@ fn compile_rule(
     }
 }
 
-/// What one connected client may do, compiled at CONNECT. Checked per packet, locally.
-pub struct ClientPermissions {
+/// The topics one client may publish to and the filters it may subscribe to, as rendered for
+/// it at CONNECT. Both authorization models (AIO rules, Event Grid topic spaces) end here.
+#[derive(Default)]
+pub struct TopicGrants {
     /// Granted PUBLISH filters; a topic is allowed when any matches.
     publish: SubscriptionTrie<String, ()>,
     /// Granted SUBSCRIBE filters; a requested filter must be covered by one.
     subscribe: Vec<String>,
+}
+
+impl TopicGrants {
+    /// Adds a PUBLISH filter; a rendered value that is not a valid filter grants nothing.
+    pub fn grant_publish(&mut self, filter: String) {
+        if topic::validate_topic_filter(&filter).is_ok() {
+            self.publish.insert(&filter, filter.clone(), ());
+        }
+    }
+
+    /// Adds a SUBSCRIBE filter; an invalid one grants nothing, a repeated one is kept once.
+    pub fn grant_subscribe(&mut self, filter: String) {
+        if topic::validate_topic_filter(&filter).is_ok() && !self.subscribe.contains(&filter) {
+            self.subscribe.push(filter);
+        }
+    }
+
+    pub fn may_publish(&self, topic: &str) -> bool {
+        let mut allowed = false;
+        self.publish.for_each_match(topic, |_, _| allowed = true);
+        allowed
+    }
+
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        // Shared subscriptions are judged on the filter they share.
+        let inner = match topic::parse_shared(filter) {
+            Ok(Some((_, inner))) => inner,
+            Ok(None) => filter,
+            Err(_) => return false,
+        };
+        if topic::validate_topic_filter(inner).is_err() {
+            return false;
+        }
+        self.subscribe
+            .iter()
+            .any(|allowed| topic::covers(allowed, inner))
+    }
+}
+
+/// What one connected client may do, compiled at CONNECT. Checked per packet, locally.
+pub struct ClientPermissions {
+    grants: TopicGrants,
     /// Decisions per topic (`cache: Enabled`), bounded so unique-per-message topics cannot
     /// grow it without limit.
     cache: Option<Mutex<HashMap<String, bool>>>,
@@ -657,8 +691,7 @@ impl ClientPermissions {
             return hit;
         }
         RULE_EVALUATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut allowed = false;
-        self.publish.for_each_match(topic, |_, _| allowed = true);
+        let allowed = self.grants.may_publish(topic);
         if let Some(cache) = &self.cache {
             let mut c = cache.lock();
             if c.len() >= CACHE_LIMIT {
@@ -670,15 +703,7 @@ impl ClientPermissions {
     }
 
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        // Shared subscriptions are judged on the filter they share.
-        let inner = match topic::parse_shared(filter) {
-            Ok(Some((_, inner))) => inner,
-            Ok(None) => filter,
-            Err(_) => return false,
-        };
-        self.subscribe
-            .iter()
-            .any(|allowed| topic::covers(allowed, inner))
+        self.grants.may_subscribe(filter)
     }
 }
 

@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use mqtt::topic;
-use mqtt::trie::SubscriptionTrie;
 use serde_json::Value;
 
 use crate::auth::Principal;
@@ -1181,8 +1180,7 @@ impl EventGridPolicy {
         }
         // A space bound both ways, or to several of the client's groups, is rendered once.
         let mut rendered: Vec<Option<Vec<String>>> = vec![None; self.spaces.len()];
-        let mut publish = SubscriptionTrie::new();
-        let mut subscribe = Vec::new();
+        let mut grants = crate::authz::TopicGrants::default();
         for b in self.bindings.iter().filter(applies) {
             let filters = rendered[b.space].get_or_insert_with(|| {
                 self.spaces[b.space]
@@ -1193,20 +1191,15 @@ impl EventGridPolicy {
             });
             for f in filters.iter() {
                 match b.permission {
-                    Permission::Publisher => {
-                        publish.insert(f, f.clone(), ());
-                    }
-                    Permission::Subscriber => subscribe.push(f.clone()),
+                    Permission::Publisher => grants.grant_publish(f.clone()),
+                    Permission::Subscriber => grants.grant_subscribe(f.clone()),
                 }
             }
         }
-        subscribe.sort();
-        subscribe.dedup();
         Ok(EventGridPermissions {
             authentication_name: authentication_name.to_string(),
             groups,
-            publish,
-            subscribe,
+            grants,
             max_sessions: self.max_sessions_per_authentication_name,
         })
     }
@@ -1218,10 +1211,8 @@ pub struct EventGridPermissions {
     /// `maxSessionsPerAuthenticationName`, enforced by the router (scenarios 54, 55).
     max_sessions: u32,
     groups: Vec<String>,
-    /// Rendered templates of `Publisher` spaces; a topic is allowed when any matches.
-    publish: SubscriptionTrie<String, ()>,
-    /// Rendered templates of `Subscriber` spaces; a requested filter must be covered by one.
-    subscribe: Vec<String>,
+    /// Rendered templates of its `Publisher` and `Subscriber` spaces.
+    grants: crate::authz::TopicGrants,
 }
 
 impl EventGridPermissions {
@@ -1235,22 +1226,11 @@ impl EventGridPermissions {
     }
 
     pub fn may_publish(&self, topic: &str) -> bool {
-        let mut allowed = false;
-        self.publish.for_each_match(topic, |_, _| allowed = true);
-        allowed
+        self.grants.may_publish(topic)
     }
 
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        // Shared subscriptions are judged on the filter they share.
-        let inner = match topic::parse_shared(filter) {
-            Ok(Some((_, inner))) => inner,
-            Ok(None) => filter,
-            Err(_) => return false,
-        };
-        if topic::validate_topic_filter(inner).is_err() {
-            return false;
-        }
-        self.subscribe.iter().any(|t| topic::covers(t, inner))
+        self.grants.may_subscribe(filter)
     }
 }
 
