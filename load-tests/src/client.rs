@@ -44,9 +44,8 @@ use crate::transport::{ConnectError, Target, Transport, open};
 const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Messages generated per wake-up when paced (`-I N`), so reads get their turn.
 const BATCH: usize = 64;
-/// Messages generated per wake-up at `-I 0`. The wake-up is a timer, and tokio's timer ticks
-/// once a millisecond, so 64 per wake-up capped an unpaced publisher at ~64k msg/s whatever
-/// the broker could take; the output high-water mark bounds this batch instead.
+/// Messages generated per pass at `-I 0`; the output high-water mark and the in-flight window
+/// bound it first, this only guarantees reads get a turn.
 const UNPACED_BATCH: usize = 4096;
 const READ_CHUNK_MIN: usize = 512;
 const READ_CHUNK_MAX: usize = 64 * 1024;
@@ -582,6 +581,18 @@ impl Client {
         loop {
             if self.finished(pending_flush) {
                 return End::Done;
+            }
+            // Whatever is already due goes out now, not at the timer's next tick: tokio's timer
+            // rounds a deadline up to the next millisecond, so a publisher that waits for a PUBACK
+            // to free an in-flight slot (or for the output to drain) and then sleeps until an
+            // instant already past would refill its window at most once a millisecond — that
+            // capped `-q 1 -F 64` at ~64 messages/ms against any broker.
+            if let Mode::Pub(plan) = &shared.mode
+                && self.can_publish()
+                && self.next_due <= Instant::now()
+            {
+                self.publish_due(plan);
+                pub_sleep.as_mut().reset(self.next_due);
             }
             let can_publish = self.can_publish();
             let ka = !self.keepalive.is_zero();
@@ -1229,6 +1240,116 @@ mod tests {
         assert!(peek_header(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
         assert_eq!(peek_header(&[0x30, 0xFF]).unwrap(), None);
         assert_eq!(peek_header(&[]).unwrap(), None);
+    }
+
+    fn shared_for_publishing(qos: QoS, messages: u64, inflight: u32) -> Arc<Shared> {
+        Arc::new(Shared {
+            mode: Mode::Pub(PubPlan {
+                topic: TopicTemplate::parse("bench/p2p").unwrap(),
+                qos,
+                retain: false,
+                hdrs: Hdrs::default(),
+                body: Body::Fixed(vec![b'a'; 8]),
+                interval: Duration::ZERO,
+                limit: Some(Limit::new(messages)),
+                inflight,
+                wait_for_all: false,
+                min_wait: Duration::ZERO,
+                max_wait: Duration::ZERO,
+            }),
+            command: "pub",
+            count: 1,
+            startnumber: 0,
+            targets: Vec::new(),
+            ifaddrs: Vec::new(),
+            hostname: "test".into(),
+            prefix: None,
+            shortids: true,
+            protocol: Protocol::V5,
+            keepalive: 0,
+            clean: true,
+            session_expiry: 0,
+            username: None,
+            password: None,
+            auth_method: None,
+            auth_data: Vec::new(),
+            reauth_interval: None,
+            connect_timeout: Duration::from_secs(5),
+            num_retry_connect: 0,
+            stats: Stats::new(1),
+            stop: watch::channel(false).0,
+            go: watch::channel(false).0,
+            attempted: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// A broker on the other end of an in-memory pipe that acknowledges every QoS 1 PUBLISH at
+    /// once. The clock is paused, so it makes time pass itself: 1 µs per read, the way real
+    /// time passes while bytes move. Returns the PUBLISH count and the total time it added.
+    async fn acking_broker(mut io: tokio::io::DuplexStream) -> (u64, Duration) {
+        const PER_READ: Duration = Duration::from_micros(1);
+        let mut buf = BytesMut::new();
+        let mut seen = 0;
+        let mut added = Duration::ZERO;
+        loop {
+            while let Some(packet) = decode(&mut buf, Protocol::V5, usize::MAX).unwrap() {
+                match packet {
+                    Packet::Publish(p) => {
+                        seen += 1;
+                        if p.qos != QoS::AtMostOnce {
+                            let ack = encoded(&Packet::PubAck(resp(p.packet_id)), Protocol::V5);
+                            io.write_all(&ack).await.unwrap();
+                        }
+                    }
+                    Packet::Disconnect(_) => return (seen, added),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if io.read_buf(&mut buf).await.unwrap() == 0 {
+                return (seen, added);
+            }
+            tokio::time::advance(PER_READ).await;
+            added += PER_READ;
+        }
+    }
+
+    /// With PUBACKs arriving at once, an unpaced QoS 1 publisher refills its in-flight window
+    /// as soon as a slot frees, without waiting for a timer. The clock is paused: it moves only
+    /// by the broker's simulated microseconds, or — when every task waits on a timer — jumps to
+    /// that timer's millisecond tick. So the publisher must finish in exactly the broker's time;
+    /// the regression this guards against waited for a tick per window (2000 messages / 64 in
+    /// flight ≈ 31 ms).
+    #[tokio::test(start_paused = true)]
+    async fn unpaced_qos1_never_waits_for_the_timer_to_refill_its_window() {
+        let shared = shared_for_publishing(QoS::AtLeastOnce, 2000, 64);
+        let mut client = Client::new(Arc::clone(&shared), 0);
+        client.max_inflight = 64;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let broker = tokio::spawn(acking_broker(theirs));
+        let (mut r, mut w) = tokio::io::split(ours);
+        let start = Instant::now();
+        let end = client.session(&mut r, &mut w, false).await;
+        let elapsed = start.elapsed();
+        assert!(
+            matches!(end, End::Done),
+            "the publisher finishes its --limit"
+        );
+        assert_eq!(shared.stats.get(Counter::Pub), 2000);
+        assert!(client.inflight.is_empty(), "every message acknowledged");
+        w.write_all(&encoded(
+            &Packet::Disconnect(Disconnect::default()),
+            Protocol::V5,
+        ))
+        .await
+        .unwrap();
+        let (seen, added) = broker.await.unwrap();
+        assert_eq!(seen, 2000);
+        assert!(
+            elapsed <= added,
+            "publishing took {elapsed:?} of which the broker accounts for {added:?}: \
+             the rest was spent waiting on the timer"
+        );
     }
 
     #[test]
