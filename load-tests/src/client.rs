@@ -579,20 +579,21 @@ impl Client {
         tokio::pin!(pub_sleep, ka_sleep, reauth_sleep);
         let mut pending_flush = false;
         loop {
-            if self.finished(pending_flush) {
-                return End::Done;
-            }
             // Whatever is already due goes out now, not at the timer's next tick: tokio's timer
             // rounds a deadline up to the next millisecond, so a publisher that waits for a PUBACK
             // to free an in-flight slot (or for the output to drain) and then sleeps until an
             // instant already past would refill its window at most once a millisecond — that
-            // capped `-q 1 -F 64` at ~64 messages/ms against any broker.
+            // capped `-q 1 -F 64` at ~64 messages/ms against any broker. Before the `finished` check:
+            // finding `--limit` used up here is what finishes a publisher.
             if let Mode::Pub(plan) = &shared.mode
                 && self.can_publish()
                 && self.next_due <= Instant::now()
             {
                 self.publish_due(plan);
                 pub_sleep.as_mut().reset(self.next_due);
+            }
+            if self.finished(pending_flush) {
+                return End::Done;
             }
             let can_publish = self.can_publish();
             let ka = !self.keepalive.is_zero();
@@ -1350,6 +1351,31 @@ mod tests {
             "publishing took {elapsed:?} of which the broker accounts for {added:?}: \
              the rest was spent waiting on the timer"
         );
+    }
+
+    /// A publisher that finds `--limit` already used up by the others, with nothing of its own
+    /// in flight, is finished — it does not wait for a server that has nothing more to say.
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_finding_the_limit_used_up_finishes() {
+        let shared = shared_for_publishing(QoS::AtLeastOnce, 1, 8);
+        let Mode::Pub(PubPlan {
+            limit: Some(limit), ..
+        }) = &shared.mode
+        else {
+            unreachable!()
+        };
+        assert!(limit.take(), "another publisher sends the only message");
+        let mut client = Client::new(Arc::clone(&shared), 1);
+        client.max_inflight = 8;
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let (mut r, mut w) = tokio::io::split(ours);
+        let end = timeout(
+            Duration::from_secs(60),
+            client.session(&mut r, &mut w, false),
+        )
+        .await;
+        assert!(matches!(end, Ok(End::Done)), "the publisher must finish");
+        assert_eq!(shared.stats.get(Counter::Pub), 0);
     }
 
     #[test]
