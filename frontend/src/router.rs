@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use mqtt::inflight::InflightQueue;
 use mqtt::session::{Delivery, InflightStage, Message, SessionState};
 use mqtt::trie::SubscriptionTrie;
 use mqtt::{QoS, ReasonCode, SubOptions, Will, topic};
@@ -998,14 +999,14 @@ impl Router for LocalRouter {
         let queued = entry.outbox.drain();
         let mut keep = VecDeque::new();
         let inflight = std::mem::take(&mut d.state.inflight);
-        let mut kept_inflight = VecDeque::new();
+        let mut kept_inflight = InflightQueue::default();
         for (pid, f) in inflight {
             if f.delivery.shared.is_some() && f.stage == InflightStage::AwaitPubAck {
                 if !self.redistribute(&mut t, session_id, f.delivery.clone(), now) {
-                    kept_inflight.push_back((pid, f));
+                    kept_inflight.push_back(pid, f);
                 }
             } else {
-                kept_inflight.push_back((pid, f));
+                kept_inflight.push_back(pid, f);
             }
         }
         for q in queued {

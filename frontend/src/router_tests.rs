@@ -906,9 +906,7 @@ fn detach_hands_unfinished_shared_messages_to_another_member() {
         ..SessionState::default()
     };
     for (pid, (delivery, stage)) in (1u16..).zip(sent.into_iter().zip(stages)) {
-        state
-            .inflight
-            .push_back((pid, Inflight { delivery, stage }));
+        state.inflight.push_back(pid, Inflight { delivery, stage });
     }
     h.detach_with_state(&a, 3600, false, state);
 
@@ -934,7 +932,10 @@ fn detach_hands_unfinished_shared_messages_to_another_member() {
             (3, "q2-inflight".to_string())
         ]
     );
-    assert_eq!(restored.inflight[1].1.stage, InflightStage::AwaitPubRec);
+    assert_eq!(
+        restored.inflight.get(3).unwrap().stage,
+        InflightStage::AwaitPubRec
+    );
     assert_eq!(payloads(&a2.drain()), ["own-queued"]);
 }
 
@@ -955,13 +956,13 @@ fn detach_keeps_shared_messages_when_no_other_member_is_online() {
     assert!(b.outbox.is_empty());
     let d = a.outbox.pop().expect("queued");
     let mut state = SessionState::default();
-    state.inflight.push_back((
+    state.inflight.push_back(
         1,
         Inflight {
             delivery: d,
             stage: InflightStage::AwaitPubAck,
         },
-    ));
+    );
     h.detach_with_state(&a, 3600, false, state);
     assert!(b.outbox.is_empty(), "b is offline");
 

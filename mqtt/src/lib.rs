@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod inflight;
 pub mod packet;
 pub mod reason;
 pub mod session;

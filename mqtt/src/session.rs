@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec;
 use crate::error::ProtocolError;
+use crate::inflight::InflightQueue;
 use crate::packet::*;
 use crate::reason::ReasonCode;
 use crate::topic;
@@ -125,7 +126,7 @@ pub enum InflightStage {
 #[derive(Clone, Debug, Default)]
 pub struct SessionState {
     /// Outbound QoS 1/2 messages in the order they were first sent.
-    pub inflight: VecDeque<(u16, Inflight)>,
+    pub inflight: InflightQueue,
     /// Inbound QoS 2 packet ids that got PUBREC and wait for PUBREL.
     pub inbound_qos2: Vec<u16>,
     pub next_packet_id: u16,
@@ -139,14 +140,14 @@ impl SessionState {
                 continue;
             }
             let id = self.next_packet_id;
-            if !self.inflight.iter().any(|(pid, _)| *pid == id) {
+            if !self.inflight.contains(id) {
                 return id;
             }
         }
     }
 
-    fn position(&self, packet_id: u16) -> Option<usize> {
-        self.inflight.iter().position(|(pid, _)| *pid == packet_id)
+    fn stage(&self, packet_id: u16) -> Option<InflightStage> {
+        self.inflight.get(packet_id).map(|f| f.stage)
     }
 }
 
@@ -641,27 +642,25 @@ impl Session {
     }
 
     fn handle_puback(&mut self, r: PubResp) {
-        if let Some(i) = self.state.position(r.packet_id)
-            && self.state.inflight[i].1.stage == InflightStage::AwaitPubAck
-        {
-            self.finish_inflight(i);
+        if self.state.stage(r.packet_id) == Some(InflightStage::AwaitPubAck) {
+            self.finish_inflight(r.packet_id);
             self.events.push_back(Event::WindowOpened);
         }
         // An unknown PUBACK is ignored: it may answer a message dropped by a takeover.
     }
 
     fn handle_pubrec(&mut self, r: PubResp) {
-        match self.state.position(r.packet_id) {
-            Some(i) if self.state.inflight[i].1.stage == InflightStage::AwaitPubRec => {
+        match self.state.inflight.get_mut(r.packet_id) {
+            Some(f) if f.stage == InflightStage::AwaitPubRec => {
                 if r.code.is_success() {
-                    self.state.inflight[i].1.stage = InflightStage::AwaitPubComp;
+                    f.stage = InflightStage::AwaitPubComp;
                     self.write(&Packet::PubRel(PubResp {
                         packet_id: r.packet_id,
                         ..Default::default()
                     }));
                 } else {
                     // [MQTT-4.3.3-?]: a failed PUBREC ends the exchange.
-                    self.finish_inflight(i);
+                    self.finish_inflight(r.packet_id);
                     self.events.push_back(Event::WindowOpened);
                 }
             }
@@ -688,10 +687,8 @@ impl Session {
     }
 
     fn handle_pubcomp(&mut self, r: PubResp) {
-        if let Some(i) = self.state.position(r.packet_id)
-            && self.state.inflight[i].1.stage == InflightStage::AwaitPubComp
-        {
-            self.finish_inflight(i);
+        if self.state.stage(r.packet_id) == Some(InflightStage::AwaitPubComp) {
+            self.finish_inflight(r.packet_id);
             self.events.push_back(Event::WindowOpened);
         }
     }
@@ -877,7 +874,7 @@ impl Session {
             };
             self.state
                 .inflight
-                .push_back((packet_id, Inflight { delivery, stage }));
+                .push_back(packet_id, Inflight { delivery, stage });
         } else {
             self.complete(delivery.tag);
         }
@@ -896,8 +893,8 @@ impl Session {
         }
     }
 
-    fn finish_inflight(&mut self, i: usize) {
-        if let Some((_, f)) = self.state.inflight.remove(i) {
+    fn finish_inflight(&mut self, packet_id: u16) {
+        if let Some(f) = self.state.inflight.remove(packet_id) {
             self.complete(f.delivery.tag);
         }
     }
@@ -955,7 +952,7 @@ impl Session {
                     }
                 }
             }
-            self.state.inflight.push_back((packet_id, entry));
+            self.state.inflight.push_back(packet_id, entry);
         }
     }
 

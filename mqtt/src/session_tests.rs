@@ -898,6 +898,52 @@ fn packet_ids_skip_zero_and_ids_in_flight() {
     assert_eq!(c.session.inflight_len(), 4);
 }
 
+/// A full 65535 window acknowledged out of order: every PUBACK finds its message (the
+/// in-flight queue is indexed by packet id, not scanned), the holes it leaves do not disturb
+/// the order of what remains, and resumption resends exactly the unacknowledged ones in order.
+#[test]
+fn a_full_window_acknowledged_out_of_order() {
+    let mut a = connected(V5);
+    let m = message("w", b"x");
+    for _ in 0..u16::MAX {
+        assert!(a.deliver(delivery(&m, QoS::AtLeastOnce), 0).is_ok());
+    }
+    assert!(!a.session.window_open());
+    assert_eq!(a.received().len(), usize::from(u16::MAX));
+    // Acknowledge every id except multiples of 1000, newest first.
+    for id in (1..=u16::MAX).rev().filter(|id| id % 1000 != 0) {
+        a.send(Packet::PubAck(ack(id)));
+    }
+    assert_eq!(a.events().len(), usize::from(u16::MAX) - 65);
+    assert_eq!(a.session.inflight_len(), 65);
+    // A duplicate PUBACK changes nothing.
+    a.send(Packet::PubAck(ack(1)));
+    assert!(a.events().is_empty());
+    a.session.handle_network_closed();
+    a.events();
+    let state = a.session.take_state();
+
+    let mut b = Client::new(V5, SessionConfig::default());
+    let mut conn = connect(V5);
+    conn.clean_start = false;
+    conn.properties.session_expiry_interval = Some(100);
+    b.send(Packet::Connect(Box::new(conn)));
+    b.events();
+    b.accept(ConnectAccepted {
+        session_present: true,
+        restored: Some(state),
+        ..ConnectAccepted::default()
+    });
+    let resent: Vec<u16> = b
+        .received()
+        .into_iter()
+        .skip(1) // CONNACK
+        .map(|p| expect!(p, Publish).packet_id)
+        .collect();
+    let expected: Vec<u16> = (1..=65).map(|k| k * 1000).collect();
+    assert_eq!(resent, expected);
+}
+
 /// [MQTT-4.4.0-1], [MQTT-3.3.1-1], [MQTT-4.6.0-1]: on resumption, unacknowledged PUBLISHes go
 /// out again with DUP=1 and PUBRELs are repeated, in their original order and identifiers.
 #[test]
