@@ -1723,7 +1723,9 @@ def render(res: dict, rel_json: str, json_path: Path) -> str:
     w("")
 
     w("Related, hand-maintained pages: [idle-memory.md](idle-memory.md) (how the per-connection "
-      "memory was profiled and reduced, with before/after figures) and "
+      "memory was profiled and reduced, with before/after figures), "
+      "[qos1-throughput.md](qos1-throughput.md) (how QoS 1 throughput was profiled and fixed, "
+      "with before/after figures) and "
       "[benchmarks-micro.md](benchmarks-micro.md) (single-function benchmarks, e.g. the "
       "authorization check).")
     w("")
