@@ -124,6 +124,11 @@ fn authentication(config: &Config, options: &RunOptions) -> Result<Authenticatio
     let runtime = Arc::new(AuthRuntime::new()?);
     let mut client_options = options.authsvc.clone();
     if client_options.urls.is_empty() {
+        // Taken before compiling: a change made from here on is seen by the first poll.
+        let fingerprint = options
+            .config_path
+            .as_deref()
+            .map(|path| authsvc::grpc::config_fingerprint(path, &options.secrets_dir));
         // Method builders may set up clients that spawn tasks: on the service's runtime.
         let policies = {
             let _entered = runtime.handle().enter();
@@ -131,6 +136,17 @@ fn authentication(config: &Config, options: &RunOptions) -> Result<Authenticatio
                 .map_err(ServerError::Policy)?
         };
         let service = authsvc::grpc::AuthService::new(policies);
+        if let (Some(path), Some(seen)) = (options.config_path.clone(), fingerprint) {
+            // As the standalone service does: BrokerAuthentication changes (and the secrets
+            // they read) apply without a restart; connections of a removed or changed policy
+            // are told over Watch like those of a separate authsvc.
+            runtime.handle().spawn(authsvc::grpc::watch_config(
+                service.clone(),
+                path,
+                options.secrets_dir.clone(),
+                seen,
+            ));
+        }
         let addr = crate::authclient::start_embedded(&runtime, service)
             .map_err(ServerError::EmbeddedAuthsvc)?;
         info!(%addr, "authentication service running in this process (no --authsvc given)");

@@ -269,6 +269,14 @@ impl Broker {
         self.dir.path()
     }
 
+    /// Replace the single-file configuration (`config/config.yaml`) in one step — write, then
+    /// rename, as a ConfigMap mount or an editor does — so the broker never reads half a file.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join("config.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, self.dir.path().join("config/config.yaml")).expect("replace config");
+    }
+
     /// The broker's `--data-dir` (the local CA's `ca.crt` is written there).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

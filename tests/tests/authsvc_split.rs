@@ -169,6 +169,46 @@ async fn embedded_default_uses_the_same_split_over_loopback() {
     );
 }
 
+/// The embedded service follows `--config` like a separate authsvc does: a changed
+/// `BrokerAuthentication` applies to the next CONNECT without a restart, and one that does not
+/// load is logged and the running policies kept.
+#[tokio::test]
+async fn embedded_service_applies_authentication_changes_without_restart() {
+    let broker = Broker::start(&config());
+    RawClient::connect_ok(addr(&broker, ANON), connect_v5(&unique_id("before"))).await;
+
+    // The two policies swap: `anon` now refuses everyone, `closed` lets everyone in.
+    broker.rewrite_config(
+        &(LISTENER.to_string()
+            + &policy("anon", "{allow: false}", "")
+            + &policy("closed", "{allow: true}", "")),
+    );
+    let line = broker.wait_for_log(
+        "about the reload",
+        |l| l.contains("configuration reloaded"),
+        WAIT,
+    );
+    assert!(line.contains("anon") && line.contains("closed"), "{line}");
+    let (_, ack) = RawClient::connect(addr(&broker, ANON), connect_v5(&unique_id("after"))).await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{ack:?}");
+    RawClient::connect_ok(addr(&broker, CLOSED), connect_v5(&unique_id("after"))).await;
+
+    // A policy that does not compile changes nothing.
+    broker.rewrite_config(
+        &(LISTENER.to_string()
+            + &policy("anon", "{allow: maybe}", "")
+            + &policy("closed", "{allow: true}", "")),
+    );
+    broker.wait_for_log(
+        "about the rejected configuration",
+        |l| l.contains("configuration rejected, keeping the previous one") && l.contains("allow"),
+        WAIT,
+    );
+    let (_, ack) = RawClient::connect(addr(&broker, ANON), connect_v5(&unique_id("kept"))).await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{ack:?}");
+    RawClient::connect_ok(addr(&broker, CLOSED), connect_v5(&unique_id("kept"))).await;
+}
+
 /// The frontend's log line for its Watch stream opening on the replica at `url`.
 fn stream_open_on(url: &str) -> impl Fn(&str) -> bool {
     let needle = format!("replica={url} ");

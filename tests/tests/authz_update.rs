@@ -4,7 +4,6 @@
 //! with `onPolicyUpdate: ReevaluateClients` they stay, lose the subscriptions the new policy no
 //! longer covers, and keep the rest. A broken update changes nothing.
 
-use std::path::Path;
 use std::time::Duration;
 
 use e2e::raw::{opts, publish};
@@ -55,15 +54,6 @@ const ONLY_B: &str = "      - principals: {attributes: [{site: lab}]}
           - {method: Subscribe, topics: ['b/#']}
 ";
 
-fn rewrite(broker: &Broker, text: &str) {
-    let path = broker.dir().join("config/config.yaml");
-    // Write then rename, as a ConfigMap mount or an editor would, so the broker never reads
-    // half a file.
-    let tmp = broker.dir().join("config.yaml.tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, Path::new(&path)).expect("replace config");
-}
-
 async fn subscriber(broker: &Broker, filters: &[&str]) -> RawClient {
     let mut c = RawClient::v5(broker.addr(), &unique_id("sub")).await;
     for f in filters {
@@ -77,7 +67,7 @@ async fn subscriber(broker: &Broker, filters: &[&str]) -> RawClient {
 async fn update_disconnects_connected_clients_and_reconnects_see_new_rules() {
     let broker = Broker::start(&config(BOTH, "DisconnectClients"));
     let mut client = subscriber(&broker, &["a/#"]).await;
-    rewrite(&broker, &config(ONLY_B, "DisconnectClients"));
+    broker.rewrite_config(&config(ONLY_B, "DisconnectClients"));
     let d = client
         .expect_disconnect(WAIT + Duration::from_secs(2))
         .await;
@@ -107,7 +97,7 @@ async fn update_disconnects_connected_clients_and_reconnects_see_new_rules() {
 async fn reevaluate_keeps_clients_and_drops_only_revoked_subscriptions() {
     let broker = Broker::start(&config(BOTH, "ReevaluateClients"));
     let mut client = subscriber(&broker, &["a/#", "b/#"]).await;
-    rewrite(&broker, &config(ONLY_B, "ReevaluateClients"));
+    broker.rewrite_config(&config(ONLY_B, "ReevaluateClients"));
     broker.wait_for_log(
         "the update is applied",
         |l| l.contains("subscriptions no longer allowed were removed"),
@@ -136,7 +126,7 @@ async fn a_broken_update_changes_nothing() {
         brokerResources:
           - {method: Subscribe, topics: ['x-{principal.clientId}/#']}
 ";
-    rewrite(&broker, &config(broken, "DisconnectClients"));
+    broker.rewrite_config(&config(broken, "DisconnectClients"));
     broker.wait_for_log(
         "the rejection is logged",
         |l| l.contains("authorization policy update rejected"),
