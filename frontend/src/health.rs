@@ -1,10 +1,13 @@
 //! Liveness and readiness as the broker sees them: which ports are serving and which are
-//! waiting (for example for a TLS certificate that does not exist yet).
+//! waiting (for example for a TLS certificate that does not exist yet), and whether the broker
+//! is shutting down.
 //!
-//! Listeners write it; the `/healthz` and `/readyz` endpoints read it. It holds no policy about
-//! what "ready" means beyond "every configured port serves".
+//! Listeners and the shutdown path write it; the `/healthz` and `/readyz` endpoints read it. It
+//! holds no policy about what "ready" means beyond "every configured port serves and the broker
+//! is not draining".
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -21,6 +24,9 @@ pub struct Health {
     /// Keyed by `(listener name, bound port)`: the bound port, so several `port: 0` entries
     /// stay apart and match what the ready file reports.
     ports: Mutex<BTreeMap<(String, u16), PortState>>,
+    /// Set once at SIGTERM: from then on the broker refuses new connections and disconnects
+    /// the ones it has, so a load balancer should stop sending it any.
+    shutting_down: AtomicBool,
 }
 
 impl Health {
@@ -30,8 +36,17 @@ impl Health {
             .insert((listener.to_string(), port), state);
     }
 
-    /// Ready when every registered port serves. Returns the waiting ports otherwise.
+    /// Not ready from now on, whatever the ports say.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready when every registered port serves and the broker is not shutting down. Returns
+    /// why not otherwise: one line per waiting port, or the shutdown.
     pub fn ready(&self) -> Result<(), Vec<String>> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(vec!["shutting down".to_string()]);
+        }
         let waiting: Vec<String> = self
             .ports
             .lock()

@@ -471,9 +471,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     match state.health.ready() {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-        Err(waiting) => {
-            let mut body = "not ready; waiting:\n".to_string();
-            for w in waiting {
+        Err(why) => {
+            let mut body = "not ready:\n".to_string();
+            for w in why {
                 body.push_str(&w);
                 body.push('\n');
             }
@@ -743,5 +743,13 @@ mod tests {
         assert!(!body.contains("default"), "{body}");
         health.set("secure", 8883, PortState::Serving);
         assert_eq!(http_get(addr, "/readyz").await.0, 200);
+        // SIGTERM: not ready while the broker drains, though every port still serves.
+        health.begin_shutdown();
+        let (status, _, body) = http_get(addr, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready:\nshutting down\n")
+        );
+        assert_eq!(http_get(addr, "/healthz").await.0, 200, "still alive");
     }
 }

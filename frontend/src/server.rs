@@ -461,6 +461,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServerError>
     };
 
     shutdown_signal().await;
+    options.health.begin_shutdown();
     if let Some(task) = policy_watch {
         task.abort();
     }
