@@ -898,6 +898,22 @@ fn packet_ids_skip_zero_and_ids_in_flight() {
     assert_eq!(c.session.inflight_len(), 4);
 }
 
+/// A v5 client resuming (Clean Start 0) the session whose state was `state`.
+fn resume(state: SessionState) -> Client {
+    let mut b = Client::new(V5, SessionConfig::default());
+    let mut conn = connect(V5);
+    conn.clean_start = false;
+    conn.properties.session_expiry_interval = Some(100);
+    b.send(Packet::Connect(Box::new(conn)));
+    b.events();
+    b.accept(ConnectAccepted {
+        session_present: true,
+        restored: Some(state),
+        ..ConnectAccepted::default()
+    });
+    b
+}
+
 /// A full 65535 window acknowledged out of order: every PUBACK finds its message (the
 /// in-flight queue is indexed by packet id, not scanned), the holes it leaves do not disturb
 /// the order of what remains, and resumption resends exactly the unacknowledged ones in order.
@@ -923,17 +939,7 @@ fn a_full_window_acknowledged_out_of_order() {
     a.events();
     let state = a.session.take_state();
 
-    let mut b = Client::new(V5, SessionConfig::default());
-    let mut conn = connect(V5);
-    conn.clean_start = false;
-    conn.properties.session_expiry_interval = Some(100);
-    b.send(Packet::Connect(Box::new(conn)));
-    b.events();
-    b.accept(ConnectAccepted {
-        session_present: true,
-        restored: Some(state),
-        ..ConnectAccepted::default()
-    });
+    let mut b = resume(state);
     let resent: Vec<u16> = b
         .received()
         .into_iter()
@@ -966,17 +972,7 @@ fn restored_session_resends_in_order() {
     let state = a.session.take_state();
     assert_eq!(state.inflight.len(), 3);
 
-    let mut b = Client::new(V5, SessionConfig::default());
-    let mut conn = connect(V5);
-    conn.clean_start = false;
-    conn.properties.session_expiry_interval = Some(100);
-    b.send(Packet::Connect(Box::new(conn)));
-    b.events();
-    b.accept(ConnectAccepted {
-        session_present: true,
-        restored: Some(state),
-        ..ConnectAccepted::default()
-    });
+    let mut b = resume(state);
     let mut packets = b.received().into_iter();
     let connack = expect!(packets.next().unwrap(), ConnAck);
     assert!(connack.session_present);
