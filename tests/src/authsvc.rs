@@ -51,6 +51,16 @@ impl Authsvc {
 
     /// [`Authsvc::start`] with extra command-line arguments (TLS, `--secrets-dir`, `--log`).
     pub fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Authsvc {
+        Authsvc::start_with_env(config_yaml, extra_args, &[])
+    }
+
+    /// [`Authsvc::start_with_args`] with extra environment variables for the service process
+    /// (e.g. `KUBECONFIG` for the ServiceAccountToken method), on top of the test's own.
+    pub fn start_with_env(
+        config_yaml: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Authsvc {
         let dir = tempfile::Builder::new()
             .prefix("authsvc-e2e-")
             .tempdir()
@@ -70,6 +80,7 @@ impl Authsvc {
                 &["--log", "info"][..]
             })
             .args(extra_args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

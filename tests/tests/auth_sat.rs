@@ -1,9 +1,12 @@
 //! The `ServiceAccountToken` method end to end (broker-spec §2.2, §2.3, §2.5; scenarios 7, 8,
 //! 9, 24): the real `gatehouse` binary, its embedded authentication service, and a fake
 //! Kubernetes API server on loopback (`e2e::fake_kube`) that the service reaches through
-//! `KUBECONFIG`, exactly as a broker outside the cluster would.
+//! `KUBECONFIG`, exactly as a broker outside the cluster would. One test runs the split
+//! variant: `authsvc` as its own process holding the `KUBECONFIG`, and `gatehouse --authsvc
+//! URL` without one.
 //!
-//! Needs `cargo build -p frontend --bin gatehouse` (scripts/test.sh does it).
+//! Needs `cargo build -p frontend --bin gatehouse` and, for the split variant, `cargo build -p
+//! authsvc --bin authsvc` (scripts/test.sh does both).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use e2e::fake_kube::{BROKER_TOKEN, Endpoint, FakeKube, KeyKind};
 use e2e::raw::{connect_v5, connect_v311, publish};
-use e2e::{Broker, RawClient, Recv, WAIT, unique_id};
+use e2e::{Authsvc, Broker, RawClient, Recv, WAIT, unique_id};
 use mqtt::{Auth, Connect, Packet, Properties, Protocol, QoS, ReasonCode};
 use tempfile::TempDir;
 
@@ -313,6 +316,108 @@ async fn offline_jwks_verification() {
     kube.stop().await;
     let again = kube.mint(NS, "thermostat", &[AUD], Duration::from_secs(3600));
     RawClient::connect_ok(broker.addr(), sat_connect(&unique_id("off"), &again)).await;
+}
+
+/// Scenarios 7, 8 and 9 and §2.3's annotation attributes, split variant: `authsvc` runs as its
+/// own process with `KUBECONFIG` pointing at the fake apiserver, and the broker runs with
+/// `--authsvc URL` and no kubeconfig, so every SAT decision is made by the separate service.
+/// A valid token connects and its service account's annotations drive authorization; a
+/// token for another audience or one the apiserver does not know is refused (v5 0x87, 3.1.1
+/// 0x05), after a TokenReview the service sent with its kubeconfig credentials; username and
+/// password get 0x87 without asking the apiserver.
+#[tokio::test]
+async fn split_authsvc_process_decides_sat_connects() {
+    let kube = FakeKube::start().await;
+    kube.require_bearer(Some(BROKER_TOKEN));
+    kube.service_account(NS, "thermostat", &[("aio-broker-auth/group", "g1")]);
+    kube.service_account(NS, "heater", &[]);
+    let rules = format!(
+        "      - principals:\n          attributes: [{{group: g1}}]\n        brokerResources:\n          \
+         - {{method: Connect}}\n          - {{method: Publish, topics: [\"sensor/#\"]}}\n      \
+         - principals:\n          usernames: [\"system:serviceaccount:{NS}:heater\"]\n        \
+         brokerResources:\n          - {{method: Connect}}\n"
+    );
+    let yaml = config("{audiences: [aio-internal]}", Some(&rules));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    let authsvc =
+        Authsvc::start_with_env(&yaml, &[], &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    // No KUBECONFIG for the broker: only the separate service can reach the fake apiserver.
+    let broker = Broker::start_with_args(&yaml, &["--authsvc", &authsvc.url()]);
+    let line = broker.wait_for_log(
+        "naming the authentication service",
+        |l| l.contains("authenticating through the authentication service"),
+        WAIT,
+    );
+    assert!(line.contains(&authsvc.url()), "{line}");
+
+    // Scenario 7, and the annotation attribute reaching authorization.
+    let t = kube.mint(NS, "thermostat", &[AUD], Duration::from_secs(3600));
+    let (mut thermostat, ack) =
+        RawClient::connect(broker.addr(), sat_connect(&unique_id("split-thermo"), &t)).await;
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}");
+    let code = thermostat
+        .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"21"))
+        .await;
+    assert_eq!(code, ReasonCode::SUCCESS);
+    let code = thermostat
+        .publish(publish("actuator/valve", QoS::AtLeastOnce, b"1"))
+        .await;
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+    // Without the annotation: connects by its principal, but may not publish.
+    let h = kube.mint(NS, "heater", &[AUD], Duration::from_secs(3600));
+    let (mut heater, _) =
+        RawClient::connect_ok(broker.addr(), sat_connect(&unique_id("split-heater"), &h)).await;
+    let code = heater
+        .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"x"))
+        .await;
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+    let reviews = kube.reviews();
+    assert_eq!(reviews[0]["kind"], "TokenReview");
+    assert_eq!(reviews[0]["spec"]["audiences"], serde_json::json!([AUD]));
+    assert!(reviewed(&kube, &t) && reviewed(&kube, &h), "{reviews:?}");
+
+    // Scenario 8: another audience, both protocol forms.
+    let other = kube.mint(NS, "thermostat", &["other"], Duration::from_secs(3600));
+    let (mut refused, ack) = RawClient::connect(
+        broker.addr(),
+        sat_connect(&unique_id("split-other"), &other),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{ack:?}");
+    refused.expect_closed(WAIT).await;
+    let (_, bytes) = v311_sat_connack(broker.addr(), &other).await;
+    assert_eq!(bytes, [0x20, 0x02, 0x00, 0x05]);
+    // A well-formed token the apiserver never issued.
+    let mut unknown =
+        e2e::fake_kube::Mint::new(NS, "thermostat", &[AUD], Duration::from_secs(3600));
+    unknown.register = false;
+    let unknown = kube.mint_with(&unknown);
+    let (_, ack) = RawClient::connect(
+        broker.addr(),
+        sat_connect(&unique_id("split-unknown"), &unknown),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{ack:?}");
+    assert!(
+        reviewed(&kube, &other) && reviewed(&kube, &unknown),
+        "{:?}",
+        kube.reviews()
+    );
+
+    // Scenario 9: nothing relevant to SAT → 0x87, and the apiserver is not asked.
+    let asked = kube.hits(Endpoint::TokenReview);
+    let mut userpass = connect_v5(&unique_id("split-userpass"));
+    userpass.username = Some("alice".into());
+    userpass.password = Some(Bytes::from_static(b"secret"));
+    let (_, ack) = RawClient::connect(broker.addr(), userpass).await;
+    assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{ack:?}");
+    assert_eq!(kube.hits(Endpoint::TokenReview), asked);
+}
+
+/// Whether the fake apiserver received a TokenReview for `token`.
+fn reviewed(kube: &FakeKube, token: &str) -> bool {
+    kube.reviews().iter().any(|r| r["spec"]["token"] == token)
 }
 
 fn exp_of(token: &str) -> SystemTime {
