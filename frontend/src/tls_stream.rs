@@ -57,6 +57,10 @@ pub struct TlsStream<IO> {
     eof: bool,
     /// close_notify was queued (by `poll_shutdown`).
     close_notify: bool,
+    /// Processing failed: the connection is dead and rustls must not be run again, as it would
+    /// process the offending record again (and queue a second fatal alert, which rustls
+    /// asserts against in debug builds). The error's kind and text, for every later call.
+    failed: Option<(io::ErrorKind, String)>,
     /// The reader's waker, for the rare case that writing decrypts data for it.
     read_waker: Option<Waker>,
 }
@@ -79,6 +83,7 @@ where
         read_closed: false,
         eof: false,
         close_notify: false,
+        failed: None,
         read_waker: None,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -104,7 +109,28 @@ impl<IO> TlsStream<IO> {
 
     /// Run rustls over the received ciphertext until it needs more: decrypted data goes to
     /// `plaintext`, handshake records and alerts to `outgoing`. Then do what `goal` says.
+    /// Once this fails, it fails again without running rustls.
     fn process(&mut self, goal: Goal<'_>) -> io::Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let result = self.run(goal);
+        if let Err(e) = &result {
+            self.failed = Some((e.kind(), e.to_string()));
+            // Never processed again: what is left of it is of no use.
+            self.incoming = Vec::new();
+        }
+        result
+    }
+
+    /// The error processing failed with, again.
+    fn failure(&self) -> Option<io::Error> {
+        self.failed
+            .as_ref()
+            .map(|(kind, why)| io::Error::new(*kind, why.clone()))
+    }
+
+    fn run(&mut self, goal: Goal<'_>) -> io::Result<()> {
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
@@ -220,10 +246,17 @@ impl<IO> TlsStream<IO> {
         }
     }
 
-    /// After a processing error: move the fatal alert rustls queued (if any) to `outgoing`,
-    /// for whoever writes next. Best effort.
+    /// After a processing error: move the fatal alert rustls queued (if any, behind a queued
+    /// KeyUpdate perhaps) to `outgoing`, for whoever writes next. Best effort.
+    ///
+    /// Only while rustls has records queued: `process_tls_records` hands those out before it
+    /// looks at `incoming`. Past them it would process the offending record again, and fail
+    /// again with a second fatal alert (a debug assertion in rustls).
     fn queue_alert(&mut self) {
         for _ in 0..4 {
+            if !self.conn.wants_write() {
+                return;
+            }
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
             let more = match state {
@@ -235,10 +268,6 @@ impl<IO> TlsStream<IO> {
                         })
                     })
                     .is_ok()
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    false
                 }
                 _ => false,
             };
@@ -329,6 +358,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = this.failure() {
+                return Poll::Ready(Err(e));
+            }
             if this.eof {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -348,7 +380,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 }
                 Poll::Ready(result) => result?,
             }
-            this.process(Goal::Read)?;
+            // A failure is reported once the data decrypted before it is taken.
+            let _ = this.process(Goal::Read);
         }
     }
 }
