@@ -16,7 +16,6 @@
 //! authentication method first gets an AUTH Continue authentication.
 #![no_main]
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,11 +80,13 @@ fn restored_state() -> SessionState {
         )
     };
     SessionState {
-        inflight: VecDeque::from([
+        inflight: [
             entry(7, "r/1", QoS::AtLeastOnce, InflightStage::AwaitPubAck),
             entry(8, "r/2", QoS::ExactlyOnce, InflightStage::AwaitPubRec),
             entry(9, "r/2", QoS::ExactlyOnce, InflightStage::AwaitPubComp),
-        ]),
+        ]
+        .into_iter()
+        .collect(),
         inbound_qos2: vec![3],
         // Allocation wraps past 65535 and must skip 0 and the ids above.
         next_packet_id: 65533,
