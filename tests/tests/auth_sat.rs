@@ -240,25 +240,24 @@ async fn reauthentication_while_the_apiserver_is_down_gets_auth_0x18() {
     c.sync().await;
 }
 
-/// §2.3: the principal is the service account from the token, never the MQTT username, and its
-/// `aio-broker-auth/` annotations are attributes authorization rules can use.
-#[tokio::test]
-async fn principal_and_annotation_attributes_reach_authorization() {
-    let kube = FakeKube::start().await;
-    kube.service_account(NS, "thermostat", &[("aio-broker-auth/group", "g1")]);
-    kube.service_account(NS, "heater", &[]);
-    kube.service_account(NS, "stranger", &[("aio-mq-broker-auth/group", "g2")]);
-    let rules = format!(
+/// Rules for [`annotation_rules_apply`]: attribute `group: g1` may publish under `sensor/`;
+/// the service account `heater` (by principal name) may only connect.
+fn annotation_rules() -> String {
+    format!(
         "      - principals:\n          attributes: [{{group: g1}}]\n        brokerResources:\n          \
          - {{method: Connect}}\n          - {{method: Publish, topics: [\"sensor/#\"]}}\n      \
          - principals:\n          usernames: [\"system:serviceaccount:{NS}:heater\"]\n        \
          brokerResources:\n          - {{method: Connect}}\n"
-    );
-    let (broker, _dir) = start(&kube, &config("{audiences: [aio-internal]}", Some(&rules)));
+    )
+}
 
+/// Under [`annotation_rules`]: `thermostat` (annotation `group: g1`) connects and publishes
+/// only where the attribute allows; `heater` (no annotation) connects by its principal name but
+/// may not publish. Returns the two tokens used.
+async fn annotation_rules_apply(kube: &FakeKube, addr: SocketAddr) -> (String, String) {
     let t = kube.mint(NS, "thermostat", &[AUD], Duration::from_secs(3600));
     let (mut thermostat, _) =
-        RawClient::connect_ok(broker.addr(), sat_connect(&unique_id("thermo"), &t)).await;
+        RawClient::connect_ok(addr, sat_connect(&unique_id("thermo"), &t)).await;
     let code = thermostat
         .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"21"))
         .await;
@@ -269,12 +268,28 @@ async fn principal_and_annotation_attributes_reach_authorization() {
     assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
 
     let h = kube.mint(NS, "heater", &[AUD], Duration::from_secs(3600));
-    let (mut heater, _) =
-        RawClient::connect_ok(broker.addr(), sat_connect(&unique_id("heater"), &h)).await;
+    let (mut heater, _) = RawClient::connect_ok(addr, sat_connect(&unique_id("heater"), &h)).await;
     let code = heater
         .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"x"))
         .await;
     assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+    (t, h)
+}
+
+/// §2.3: the principal is the service account from the token, never the MQTT username, and its
+/// `aio-broker-auth/` annotations are attributes authorization rules can use.
+#[tokio::test]
+async fn principal_and_annotation_attributes_reach_authorization() {
+    let kube = FakeKube::start().await;
+    kube.service_account(NS, "thermostat", &[("aio-broker-auth/group", "g1")]);
+    kube.service_account(NS, "heater", &[]);
+    kube.service_account(NS, "stranger", &[("aio-mq-broker-auth/group", "g2")]);
+    let (broker, _dir) = start(
+        &kube,
+        &config("{audiences: [aio-internal]}", Some(&annotation_rules())),
+    );
+
+    annotation_rules_apply(&kube, broker.addr()).await;
 
     // A valid token for another account, claiming heater's name as MQTT username: the
     // username is not what authorization sees.
@@ -331,13 +346,7 @@ async fn split_authsvc_process_decides_sat_connects() {
     kube.require_bearer(Some(BROKER_TOKEN));
     kube.service_account(NS, "thermostat", &[("aio-broker-auth/group", "g1")]);
     kube.service_account(NS, "heater", &[]);
-    let rules = format!(
-        "      - principals:\n          attributes: [{{group: g1}}]\n        brokerResources:\n          \
-         - {{method: Connect}}\n          - {{method: Publish, topics: [\"sensor/#\"]}}\n      \
-         - principals:\n          usernames: [\"system:serviceaccount:{NS}:heater\"]\n        \
-         brokerResources:\n          - {{method: Connect}}\n"
-    );
-    let yaml = config("{audiences: [aio-internal]}", Some(&rules));
+    let yaml = config("{audiences: [aio-internal]}", Some(&annotation_rules()));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kube.write_kubeconfig(dir.path());
     let authsvc =
@@ -352,26 +361,7 @@ async fn split_authsvc_process_decides_sat_connects() {
     assert!(line.contains(&authsvc.url()), "{line}");
 
     // Scenario 7, and the annotation attribute reaching authorization.
-    let t = kube.mint(NS, "thermostat", &[AUD], Duration::from_secs(3600));
-    let (mut thermostat, ack) =
-        RawClient::connect(broker.addr(), sat_connect(&unique_id("split-thermo"), &t)).await;
-    assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}");
-    let code = thermostat
-        .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"21"))
-        .await;
-    assert_eq!(code, ReasonCode::SUCCESS);
-    let code = thermostat
-        .publish(publish("actuator/valve", QoS::AtLeastOnce, b"1"))
-        .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
-    // Without the annotation: connects by its principal, but may not publish.
-    let h = kube.mint(NS, "heater", &[AUD], Duration::from_secs(3600));
-    let (mut heater, _) =
-        RawClient::connect_ok(broker.addr(), sat_connect(&unique_id("split-heater"), &h)).await;
-    let code = heater
-        .publish(publish("sensor/temperature", QoS::AtLeastOnce, b"x"))
-        .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED);
+    let (t, h) = annotation_rules_apply(&kube, broker.addr()).await;
     let reviews = kube.reviews();
     assert_eq!(reviews[0]["kind"], "TokenReview");
     assert_eq!(reviews[0]["spec"]["audiences"], serde_json::json!([AUD]));
