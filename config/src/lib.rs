@@ -10,14 +10,16 @@
 //! - [`resources`]: the serde shapes of the documents, as written.
 //! - `validate` (private): cross-document rules, ranges and defaults; builds the [`Config`].
 //! - [`limits`]: memory-profile defaults and the resolved [`ClientLimits`].
+//! - [`mounted`]: the bytes of Secrets and ConfigMaps mounted as folders.
 //!
 //! Every error names the file, the document, the field path and the reason, and all problems are
-//! reported at once. This module does not watch files, reload, read TLS material from disk or talk
-//! to Kubernetes; it turns text into a [`Config`] and nothing else. `BrokerAuthentication` and
+//! reported at once. This module does not watch files, reload, interpret TLS material or talk to
+//! Kubernetes; it turns text into a [`Config`] (and mounted folders into bytes). `BrokerAuthentication` and
 //! `BrokerAuthorization` specs are kept loosely typed until the authentication and authorization
 //! work gives them types; only their existence is checked.
 
 pub mod limits;
+pub mod mounted;
 pub mod resources;
 mod validate;
 

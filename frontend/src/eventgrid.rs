@@ -486,28 +486,29 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Query, QueryError> {
-        let mut terms = vec![self.and()?];
-        while self.keyword("or") {
-            self.bump();
-            terms.push(self.and()?);
-        }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Query::Or(terms)
-        })
+        self.joined("or", Self::and, Query::Or)
     }
 
     fn and(&mut self) -> Result<Query, QueryError> {
-        let mut terms = vec![self.unary()?];
-        while self.keyword("and") {
+        self.joined("and", Self::unary, Query::And)
+    }
+
+    /// `operand (word operand)*`; a single operand stands for itself.
+    fn joined(
+        &mut self,
+        word: &str,
+        operand: fn(&mut Self) -> Result<Query, QueryError>,
+        join: fn(Vec<Query>) -> Query,
+    ) -> Result<Query, QueryError> {
+        let mut terms = vec![operand(self)?];
+        while self.keyword(word) {
             self.bump();
-            terms.push(self.unary()?);
+            terms.push(operand(self)?);
         }
         Ok(if terms.len() == 1 {
             terms.remove(0)
         } else {
-            Query::And(terms)
+            join(terms)
         })
     }
 

@@ -312,47 +312,19 @@ fn ca_pem_from_config_map(
     Ok(pem)
 }
 
-/// Every visible file of `dir`, in name order, concatenated. Hidden entries are skipped: a
-/// mounted ConfigMap also holds `..data` and a timestamped folder that the visible names link to.
+/// The trusted-CA ConfigMap mounted at `dir` (see [`broker_config::mounted::read_folder`]).
 fn ca_pem_from_files(name: &str, dir: &Path) -> Result<Vec<u8>, LoadError> {
-    let what = || format!("Trusted client CA certificate {name}");
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(LoadError::ConfigMapNotFound {
-                name: name.to_owned(),
-                dir: dir.to_owned(),
-            });
-        }
-        Err(e) => {
-            return Err(invalid(
-                what(),
-                format!("cannot read {}: {e}", dir.display()),
-            ));
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| invalid(what(), format!("cannot list {}: {e}", dir.display())))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        files.push(entry.path());
+    match broker_config::mounted::read_folder(dir) {
+        Ok(Some(pem)) => Ok(pem),
+        Ok(None) => Err(LoadError::ConfigMapNotFound {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        }),
+        Err(e) => Err(invalid(
+            format!("Trusted client CA certificate {name}"),
+            e.to_string(),
+        )),
     }
-    files.sort();
-    let mut pem = Vec::new();
-    for path in files {
-        // Follows symlinks; skips folders.
-        if !path.is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(&path)
-            .map_err(|e| invalid(what(), format!("cannot read {}: {e}", path.display())))?;
-        pem.extend_from_slice(&bytes);
-        pem.push(b'\n');
-    }
-    Ok(pem)
 }
 
 /// A rustls server configuration for `chain` + `key`, requesting client certificates that

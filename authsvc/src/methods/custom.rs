@@ -33,12 +33,12 @@
 //! holding the connection does) and keeps no per-client state.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use broker_config::mounted::read_folder;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, StatusCode, Uri};
@@ -432,34 +432,14 @@ fn config_map_pem(cx: &BuildContext<'_>, name: &str) -> Result<Vec<u8>, String> 
         return Ok(pem);
     }
     let dir = cx.secrets_dir.join(name);
-    read_folder(&dir).map_err(|e| {
-        format!(
-            "no ConfigMap document {name:?} in the configuration and no folder {}: {e}",
-            dir.display()
-        )
-    })
-}
-
-/// The files of a mounted ConfigMap folder in name order, hidden ones (`..data`) skipped.
-fn read_folder(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        out.extend_from_slice(&std::fs::read(&path)?);
-        out.push(b'\n');
-    }
-    Ok(out)
+    read_folder(&dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no ConfigMap document {name:?} in the configuration and no folder {}",
+                dir.display()
+            )
+        })
 }
 
 type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);

@@ -52,7 +52,9 @@ use tracing::warn;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::x509::{config_map_pem, pem_from_dir, secret_pem};
+use broker_config::mounted::read_folder;
+
+use super::x509::{config_map_pem, secret_pem};
 use crate::policy::{BuildContext, PolicyError};
 use crate::{Credentials, Decision, DecisionFuture, Grant, Method, Principal};
 
@@ -496,8 +498,8 @@ fn issuer_keys(cx: &BuildContext<'_>, entry: &str) -> Result<Vec<VerifyingKey>, 
         secret_pem(entry, &doc.resource)?
     } else {
         let dir = cx.secrets_dir.join(entry);
-        pem_from_dir(&dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        read_folder(&dir)
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| {
                 format!(
                     "no ConfigMap or Secret {entry:?} (no document, no files in {})",
@@ -584,8 +586,8 @@ fn https_roots(cx: &BuildContext<'_>, config_map: Option<&str>) -> Result<RootCe
                 Some(doc) => config_map_pem(name, &doc.resource)?,
                 None => {
                     let dir = cx.secrets_dir.join(name);
-                    pem_from_dir(&dir)
-                        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                    read_folder(&dir)
+                        .map_err(|e| e.to_string())?
                         .ok_or_else(|| format!("ConfigMap {name} not found"))?
                 }
             };

@@ -34,12 +34,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use broker_config::mounted::read_folder;
 use parking_lot::Mutex;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -487,13 +487,13 @@ impl TrustStore {
                 let dir = cx.secrets_dir.join(name);
                 let mut state = FileState::default();
                 // Broken files are reported at load; missing ones may still be mounted later.
-                match pem_from_dir(&dir) {
+                match read_folder(&dir) {
                     Ok(Some(pem)) => {
                         state.loaded = Some(Arc::new(Anchors::from_pem(name, &pem)?));
                         state.checked_at = Some(Instant::now());
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+                    Err(e) => return Err(e.to_string()),
                 }
                 TrustSource::Files {
                     dir,
@@ -521,14 +521,14 @@ impl TrustStore {
         if due {
             state.checked_at = Some(Instant::now());
             // Small files read at most once a second: not worth a blocking-pool hop.
-            let result = match pem_from_dir(dir) {
+            let result = match read_folder(dir) {
                 Ok(Some(pem)) => Anchors::from_pem(&self.name, &pem),
                 Ok(None) => Err(format!(
                     "trusted client CA ConfigMap {} not found (no document, no files in {})",
                     self.name,
                     dir.display()
                 )),
-                Err(e) => Err(format!("cannot read {}: {e}", dir.display())),
+                Err(e) => Err(e.to_string()),
             };
             match result {
                 Ok(anchors) => {
@@ -597,35 +597,6 @@ pub(crate) fn secret_pem(
         pem.push(b'\n');
     }
     Ok(pem)
-}
-
-/// Every visible file of `dir` in name order, concatenated; `None` when `dir` does not exist.
-/// Hidden entries are skipped: a mounted ConfigMap also holds `..data` and a timestamped folder
-/// that the visible names link to.
-pub(crate) fn pem_from_dir(dir: &Path) -> io::Result<Option<Vec<u8>>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        files.push(entry.path());
-    }
-    files.sort();
-    let mut pem = Vec::new();
-    for path in files {
-        // Follows symlinks; skips folders.
-        if path.is_file() {
-            pem.extend_from_slice(&std::fs::read(&path)?);
-            pem.push(b'\n');
-        }
-    }
-    Ok(Some(pem))
 }
 
 /// Standard base64 with optional padding, whitespace ignored (as Kubernetes stores binary values).
