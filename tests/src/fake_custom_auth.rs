@@ -39,12 +39,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::WAIT;
 use crate::pki::{Authority, KeyKind, Leaf};
+use crate::restartable::{self, Running};
 
 /// The versions the fake accepts unless told otherwise.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.5.0"];
@@ -230,11 +230,6 @@ pub struct FakeAuthServer {
     ca: Option<Authority>,
 }
 
-struct Running {
-    accept: JoinHandle<()>,
-    shutdown: watch::Sender<bool>,
-}
-
 impl FakeAuthServer {
     /// On 127.0.0.1 with a certificate for `127.0.0.1` and `localhost` from a CA of its own
     /// ([`FakeAuthServer::ca_pem`] is what the broker's `caCertConfigMap` must hold), no mTLS.
@@ -307,24 +302,12 @@ impl FakeAuthServer {
     }
 
     fn listen(&mut self) -> io::Result<()> {
-        let socket = if self.addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // Restarting on the same port must not wait for TIME_WAIT to clear.
-        socket.set_reuseaddr(true)?;
-        socket.bind(self.addr)?;
-        let listener = socket.listen(128)?;
-        self.addr = listener.local_addr()?;
-        let (shutdown, watcher) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            self.tls.clone(),
-            self.state.clone(),
-            watcher,
-        ));
-        self.running = Some(Running { accept, shutdown });
+        let (tls, state) = (self.tls.clone(), self.state.clone());
+        let (addr, running) = restartable::listen(self.addr, |listener, shutdown| {
+            accept_loop(listener, tls, state, shutdown)
+        })?;
+        self.addr = addr;
+        self.running = Some(running);
         Ok(())
     }
 
@@ -355,9 +338,7 @@ impl FakeAuthServer {
     /// Closes the port and every open connection; in-flight requests get no answer.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
-            let _ = running.shutdown.send(true);
-            running.accept.abort();
-            let _ = running.accept.await;
+            running.stop().await;
         }
     }
 
@@ -441,15 +422,6 @@ impl FakeAuthServer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         lock(&self.state)
-    }
-}
-
-impl Drop for FakeAuthServer {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = running.shutdown.send(true);
-            running.accept.abort();
-        }
     }
 }
 

@@ -40,9 +40,10 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+use crate::restartable::{self, Running};
 
 /// The issuer of minted tokens and of the discovery document (a real cluster's default).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -167,11 +168,6 @@ struct State {
     next_jti: u64,
 }
 
-struct Running {
-    accept: JoinHandle<()>,
-    shutdown: watch::Sender<bool>,
-}
-
 pub struct FakeKube {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
@@ -208,15 +204,12 @@ impl FakeKube {
     }
 
     fn listen(&mut self) -> io::Result<()> {
-        let socket = TcpSocket::new_v4()?;
-        // Restarting on the same port must not wait for TIME_WAIT to clear.
-        socket.set_reuseaddr(true)?;
-        socket.bind(self.addr)?;
-        let listener = socket.listen(128)?;
-        self.addr = listener.local_addr()?;
-        let (shutdown, watcher) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, self.state.clone(), watcher));
-        self.running = Some(Running { accept, shutdown });
+        let state = self.state.clone();
+        let (addr, running) = restartable::listen(self.addr, |listener, shutdown| {
+            accept_loop(listener, state, shutdown)
+        })?;
+        self.addr = addr;
+        self.running = Some(running);
         Ok(())
     }
 
@@ -358,9 +351,7 @@ impl FakeKube {
     /// Closes the port and every open connection; in-flight requests get no answer.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
-            let _ = running.shutdown.send(true);
-            running.accept.abort();
-            let _ = running.accept.await;
+            running.stop().await;
         }
     }
 
@@ -368,15 +359,6 @@ impl FakeKube {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.listen().expect("listen again on the same port");
-    }
-}
-
-impl Drop for FakeKube {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = running.shutdown.send(true);
-            running.accept.abort();
-        }
     }
 }
 

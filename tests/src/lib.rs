@@ -14,6 +14,7 @@ pub mod mosquitto;
 pub mod pki;
 pub mod process;
 pub mod raw;
+mod restartable;
 pub mod rumqtt;
 pub mod ws;
 
