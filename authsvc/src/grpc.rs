@@ -821,7 +821,7 @@ pub fn log_policies(policies: &Policies) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DecisionFuture, Method};
+    use crate::Method;
 
     /// The frontend's reading of a response, reduced to a [`Decision`], to check that the
     /// mapping loses nothing.
@@ -966,26 +966,13 @@ mod tests {
         );
     }
 
-    /// Lets everyone in.
-    struct Yes;
-    impl Method for Yes {
-        fn name(&self) -> &'static str {
-            "Yes"
-        }
-        fn authenticate<'a>(&'a self, _: &'a Credentials) -> DecisionFuture<'a> {
-            Box::pin(std::future::ready(Decision::Allow(Grant {
-                principal: Principal::default(),
-                expiry: None,
-                data: None,
-                can_reauthenticate: true,
-            })))
-        }
-    }
-
     fn policies(specs: &[(&str, &str)]) -> Arc<Policies> {
         Arc::new(Policies::from_chains(specs.iter().map(|(name, v)| {
             (
-                Chain::new(*name, vec![Box::new(Yes) as Box<dyn Method>]),
+                Chain::new(
+                    *name,
+                    vec![Box::new(crate::AllowEveryone) as Box<dyn Method>],
+                ),
                 serde_json::json!({ "v": v }),
             )
         })))

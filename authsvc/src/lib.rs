@@ -170,3 +170,22 @@ pub trait Method: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn authenticate<'a>(&'a self, credentials: &'a Credentials) -> DecisionFuture<'a>;
 }
+
+/// For tests: a method that lets everyone in (a stand-in for "some other method" in chains).
+#[cfg(test)]
+pub(crate) struct AllowEveryone;
+
+#[cfg(test)]
+impl Method for AllowEveryone {
+    fn name(&self) -> &'static str {
+        "AllowEveryone"
+    }
+    fn authenticate<'a>(&'a self, _: &'a Credentials) -> DecisionFuture<'a> {
+        Box::pin(std::future::ready(Decision::Allow(Grant {
+            principal: Principal::default(),
+            expiry: None,
+            data: None,
+            can_reauthenticate: true,
+        })))
+    }
+}

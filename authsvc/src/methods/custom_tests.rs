@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::chain::Chain;
-use crate::{Method, Secret};
+use crate::{AllowEveryone, Method, Secret};
 
 /// The bound on any wait in these tests; reaching it means the test failed.
 const WAIT: Duration = Duration::from_secs(10);
@@ -858,23 +858,6 @@ fn reason_codes_below_0x80_never_pass() {
 }
 
 // ------------------------------------------------------------------------------------------------
-
-/// A second method that accepts everyone, standing in for SAT in the fall-through tests.
-struct AllowEveryone;
-
-impl Method for AllowEveryone {
-    fn name(&self) -> &'static str {
-        "AllowEveryone"
-    }
-    fn authenticate<'a>(&'a self, _: &'a Credentials) -> DecisionFuture<'a> {
-        Box::pin(std::future::ready(Decision::Allow(Grant {
-            principal: Principal::default(),
-            expiry: None,
-            data: None,
-            can_reauthenticate: true,
-        })))
-    }
-}
 
 async fn run_chain(chain: &Chain, c: &Credentials) -> Decision {
     tokio::time::timeout(WAIT, chain.authenticate(c))
