@@ -69,6 +69,18 @@ pub struct Principal {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// For tests: a principal from a username and attribute pairs.
+#[cfg(test)]
+pub(crate) fn test_principal(username: Option<&str>, attrs: &[(&str, &str)]) -> Principal {
+    Principal {
+        username: username.map(str::to_string),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum AuthOutcome {
     Allow {

@@ -1,6 +1,7 @@
 //! ABAC policy tests: one per rule of broker-spec §4.2, citing the acceptance scenarios (§10).
 
 use super::*;
+use crate::auth::test_principal as principal;
 
 fn policy(yaml: &str) -> AbacPolicy {
     let spec: Value = serde_yaml::from_str(yaml).expect("yaml");
@@ -10,16 +11,6 @@ fn policy(yaml: &str) -> AbacPolicy {
 fn errors(yaml: &str) -> Vec<AuthzError> {
     let spec: Value = serde_yaml::from_str(yaml).expect("yaml");
     AbacPolicy::compile("p", &spec).expect_err("must be rejected")
-}
-
-fn principal(username: Option<&str>, attrs: &[(&str, &str)]) -> Principal {
-    Principal {
-        username: username.map(str::to_string),
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
 }
 
 /// The spec §5 tutorial policy.

@@ -2,6 +2,7 @@
 //! (§10) where there is one.
 
 use super::*;
+use crate::auth::test_principal as principal;
 
 fn policy(yaml: &str) -> EventGridPolicy {
     let spec: Value = serde_yaml::from_str(yaml).expect("yaml");
@@ -15,16 +16,6 @@ fn errors(yaml: &str) -> Vec<AuthzError> {
 
 fn fields(e: &[AuthzError]) -> Vec<&str> {
     e.iter().map(|e| e.field.as_str()).collect()
-}
-
-fn principal(username: Option<&str>, attrs: &[(&str, &str)]) -> Principal {
-    Principal {
-        username: username.map(str::to_string),
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
 }
 
 /// A policy with one group defined by `query`, bound Publisher to `things/#`.
